@@ -1,0 +1,302 @@
+// Package config reads litefs.yml. The keys are those of LiteFS, so an
+// existing configuration works unchanged; a key litefs does not know is an
+// error that names it and its line.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the whole configuration file.
+type Config struct {
+	Exec         ExecConfigs `yaml:"exec"`
+	ExitOnError  bool        `yaml:"exit-on-error"`
+	SkipSync     bool        `yaml:"skip-sync"`
+	StrictVerify bool        `yaml:"strict-verify"`
+
+	Data    DataConfig    `yaml:"data"`
+	FUSE    FUSEConfig    `yaml:"fuse"`
+	HTTP    HTTPConfig    `yaml:"http"`
+	Lease   LeaseConfig   `yaml:"lease"`
+	Log     LogConfig     `yaml:"log"`
+	Proxy   ProxyConfig   `yaml:"proxy"`
+	Tracing TracingConfig `yaml:"tracing"`
+	Backup  BackupConfig  `yaml:"backup"`
+}
+
+// DataConfig is where databases and changeset logs are kept.
+type DataConfig struct {
+	Dir                      string        `yaml:"dir"`
+	Compress                 bool          `yaml:"compress"`
+	Retention                time.Duration `yaml:"retention"`
+	RetentionMonitorInterval time.Duration `yaml:"retention-monitor-interval"`
+}
+
+// FUSEConfig is the mount.
+type FUSEConfig struct {
+	Dir        string `yaml:"dir"`
+	AllowOther bool   `yaml:"allow-other"`
+	Debug      bool   `yaml:"debug"`
+}
+
+// HTTPConfig is the inter-node API server.
+type HTTPConfig struct {
+	Addr            string        `yaml:"addr"`
+	SnapshotTimeout time.Duration `yaml:"snapshot-timeout"`
+}
+
+// LeaseConfig chooses how the primary is elected.
+type LeaseConfig struct {
+	Type           string        `yaml:"type"`
+	Hostname       string        `yaml:"hostname"`
+	AdvertiseURL   string        `yaml:"advertise-url"`
+	Candidate      bool          `yaml:"candidate"`
+	Promote        bool          `yaml:"promote"`
+	ReconnectDelay time.Duration `yaml:"reconnect-delay"`
+	DemoteDelay    time.Duration `yaml:"demote-delay"`
+	Databases      []string      `yaml:"databases"`
+	Consul         ConsulConfig  `yaml:"consul"`
+}
+
+// ConsulConfig is the Consul lease.
+type ConsulConfig struct {
+	URL       string        `yaml:"url"`
+	Key       string        `yaml:"key"`
+	TTL       time.Duration `yaml:"ttl"`
+	LockDelay time.Duration `yaml:"lock-delay"`
+}
+
+// LogConfig is the daemon's log output.
+type LogConfig struct {
+	Format    string `yaml:"format"`
+	Timestamp bool   `yaml:"timestamp"`
+	Debug     bool   `yaml:"debug"`
+}
+
+// ProxyConfig is the HTTP proxy in front of the application.
+type ProxyConfig struct {
+	Addr                   string        `yaml:"addr"`
+	Target                 string        `yaml:"target"`
+	DB                     string        `yaml:"db"`
+	MaxLag                 time.Duration `yaml:"max-lag"`
+	Debug                  bool          `yaml:"debug"`
+	Passthrough            []string      `yaml:"passthrough"`
+	AlwaysForward          []string      `yaml:"always-forward"`
+	PrimaryRedirectTimeout time.Duration `yaml:"primary-redirect-timeout"`
+	ReadTimeout            time.Duration `yaml:"read-timeout"`
+	ReadHeaderTimeout      time.Duration `yaml:"read-header-timeout"`
+	WriteTimeout           time.Duration `yaml:"write-timeout"`
+	IdleTimeout            time.Duration `yaml:"idle-timeout"`
+}
+
+// TracingConfig is accepted for compatibility with LiteFS configurations;
+// litefs writes no trace file and says so at start-up.
+type TracingConfig struct {
+	Enabled  bool   `yaml:"enabled"`
+	Path     string `yaml:"path"`
+	MaxSize  int    `yaml:"max-size"`
+	MaxCount int    `yaml:"max-count"`
+	Compress bool   `yaml:"compress"`
+}
+
+// BackupConfig is accepted for compatibility; no backup service is
+// supported, so a non-empty type is refused.
+type BackupConfig struct {
+	Type      string `yaml:"type"`
+	Path      string `yaml:"path"`
+	URL       string `yaml:"url"`
+	Cluster   string `yaml:"cluster"`
+	AuthToken string `yaml:"auth-token"`
+}
+
+// ExecConfig is one command run after mounting.
+type ExecConfig struct {
+	Cmd         string `yaml:"cmd"`
+	IfCandidate bool   `yaml:"if-candidate"`
+}
+
+// ExecConfigs is the "exec" key: a single command string, or a list of
+// commands of which all but the last must succeed before the last starts.
+type ExecConfigs []ExecConfig
+
+// UnmarshalYAML accepts both forms of "exec".
+func (e *ExecConfigs) UnmarshalYAML(n *yaml.Node) error {
+	switch n.Kind {
+	case yaml.ScalarNode:
+		*e = ExecConfigs{{Cmd: n.Value}}
+		return nil
+	case yaml.SequenceNode:
+		var list []ExecConfig
+		if err := n.Decode(&list); err != nil {
+			return err
+		}
+		*e = list
+		return nil
+	}
+	return fmt.Errorf("line %d: exec must be a command string or a list of {cmd, if-candidate}", n.Line)
+}
+
+// Defaults used when a key is not set.
+const (
+	DefaultDataDir                  = "/var/lib/litefs"
+	DefaultFUSEDir                  = "/litefs"
+	DefaultHTTPAddr                 = ":20202"
+	DefaultRetention                = 10 * time.Minute
+	DefaultRetentionMonitorInterval = 1 * time.Minute
+	DefaultConsulTTL                = 10 * time.Second
+	DefaultConsulLockDelay          = 1 * time.Second
+	DefaultReconnectDelay           = 1 * time.Second
+	DefaultDemoteDelay              = 10 * time.Second
+	DefaultMaxLag                   = 10 * time.Second
+	DefaultPrimaryRedirectTimeout   = 5 * time.Second
+	DefaultReadHeaderTimeout        = 10 * time.Second
+	DefaultIdleTimeout              = 30 * time.Second
+)
+
+// New returns a configuration holding the defaults.
+func New() Config {
+	return Config{
+		ExitOnError: true,
+		Data: DataConfig{
+			Dir:                      DefaultDataDir,
+			Compress:                 true,
+			Retention:                DefaultRetention,
+			RetentionMonitorInterval: DefaultRetentionMonitorInterval,
+		},
+		FUSE: FUSEConfig{Dir: DefaultFUSEDir},
+		HTTP: HTTPConfig{Addr: DefaultHTTPAddr},
+		Lease: LeaseConfig{
+			Candidate:      true,
+			ReconnectDelay: DefaultReconnectDelay,
+			DemoteDelay:    DefaultDemoteDelay,
+			Consul:         ConsulConfig{TTL: DefaultConsulTTL, LockDelay: DefaultConsulLockDelay},
+		},
+		Log: LogConfig{Format: "text"},
+		Proxy: ProxyConfig{
+			MaxLag:                 DefaultMaxLag,
+			PrimaryRedirectTimeout: DefaultPrimaryRedirectTimeout,
+			ReadHeaderTimeout:      DefaultReadHeaderTimeout,
+			IdleTimeout:            DefaultIdleTimeout,
+		},
+		Tracing: TracingConfig{Enabled: true, MaxSize: 64, MaxCount: 8, Compress: true},
+	}
+}
+
+// SearchPaths returns where the configuration is looked for when no path is
+// given, in order: the working directory, the home directory, /etc.
+func SearchPaths() []string {
+	var paths []string
+	if p, err := filepath.Abs("litefs.yml"); err == nil {
+		paths = append(paths, p)
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		paths = append(paths, filepath.Join(home, "litefs.yml"))
+	}
+	return append(paths, "/etc/litefs.yml")
+}
+
+// ErrNotFound is returned when no configuration file exists.
+var ErrNotFound = errors.New("config file not found")
+
+// Load reads the configuration at path, or the first that exists among
+// SearchPaths when path is empty. It returns the path it read.
+func Load(path string, expandEnv bool) (Config, string, error) {
+	paths := []string{path}
+	if path == "" {
+		paths = SearchPaths()
+	}
+	for _, p := range paths {
+		data, err := os.ReadFile(p)
+		if os.IsNotExist(err) && path == "" {
+			continue
+		} else if err != nil {
+			return Config{}, p, fmt.Errorf("cannot read config file at %s: %w", p, err)
+		}
+		c, err := Parse(data, expandEnv)
+		if err != nil {
+			return Config{}, p, fmt.Errorf("config file %s: %w", p, err)
+		}
+		return c, p, nil
+	}
+	return Config{}, "", fmt.Errorf("%w (searched %s)", ErrNotFound, strings.Join(paths, ", "))
+}
+
+// Parse decodes and validates a configuration file's contents.
+func Parse(data []byte, expandEnv bool) (Config, error) {
+	if expandEnv {
+		data = []byte(ExpandEnv(string(data)))
+	}
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return Config{}, fmt.Errorf("invalid YAML: %w", err)
+	}
+	c := New()
+	if len(root.Content) == 0 {
+		return c, c.Validate()
+	}
+	if err := checkKeys(root.Content[0], configType, ""); err != nil {
+		return Config{}, err
+	}
+	if err := root.Content[0].Decode(&c); err != nil {
+		return Config{}, fmt.Errorf("invalid value: %w", err)
+	}
+	return c, c.Validate()
+}
+
+// Validate checks the configuration for missing or contradictory settings.
+func (c *Config) Validate() error {
+	switch {
+	case c.FUSE.Dir == "":
+		return errors.New("fuse.dir is required")
+	case c.Data.Dir == "":
+		return errors.New("data.dir is required")
+	case c.Data.Retention < 0:
+		return errors.New("data.retention must not be negative")
+	case c.Data.RetentionMonitorInterval < 0:
+		return errors.New("data.retention-monitor-interval must not be negative")
+	}
+	switch c.Lease.Type {
+	case "static":
+		if !c.Lease.Candidate && c.Lease.AdvertiseURL == "" {
+			return errors.New("lease.advertise-url must name the primary's URL when lease.type is static and lease.candidate is false")
+		}
+	case "consul":
+		if c.Lease.Consul.Key == "" {
+			return errors.New("lease.consul.key is required when lease.type is consul")
+		}
+		if c.Lease.Consul.URL == "" {
+			return errors.New("lease.consul.url is required when lease.type is consul")
+		}
+	case "":
+		return errors.New("lease.type is required: \"static\" or \"consul\"")
+	default:
+		return fmt.Errorf("invalid lease.type %q, must be \"static\" or \"consul\"", c.Lease.Type)
+	}
+	if c.Lease.Candidate && len(c.Lease.Databases) > 0 {
+		return errors.New("lease.databases (a replication filter) cannot be set on a candidate node")
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		return fmt.Errorf("invalid log.format %q, must be \"text\" or \"json\"", c.Log.Format)
+	}
+	if c.Proxy.Target != "" {
+		if c.Proxy.Addr == "" {
+			return errors.New("proxy.addr is required when proxy.target is set")
+		}
+		if c.Proxy.DB == "" {
+			return errors.New("proxy.db is required when proxy.target is set")
+		}
+	}
+	if c.Backup.Type != "" {
+		return fmt.Errorf("backup.type %q is not supported", c.Backup.Type)
+	}
+	return nil
+}

@@ -1,0 +1,83 @@
+package config
+
+import (
+	"fmt"
+	"os"
+	"reflect"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+var configType = reflect.TypeOf(Config{})
+
+// checkKeys walks a mapping node alongside the struct it decodes into and
+// reports the first key the struct has no field for, with its full dotted
+// name and line, e.g. `unknown key "fuse.dri" at line 3`.
+func checkKeys(n *yaml.Node, t reflect.Type, prefix string) error {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch {
+	case t == reflect.TypeOf(ExecConfigs{}):
+		if n.Kind == yaml.SequenceNode {
+			for _, item := range n.Content {
+				if err := checkKeys(item, reflect.TypeOf(ExecConfig{}), prefix+"[]"); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	case t.Kind() != reflect.Struct || n.Kind != yaml.MappingNode:
+		return nil
+	}
+
+	fields := make(map[string]reflect.Type)
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		if tag := strings.Split(f.Tag.Get("yaml"), ",")[0]; tag != "" && tag != "-" {
+			fields[tag] = f.Type
+		}
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		key, val := n.Content[i], n.Content[i+1]
+		name := key.Value
+		if prefix != "" {
+			name = prefix + "." + key.Value
+		}
+		ft, ok := fields[key.Value]
+		if !ok {
+			return fmt.Errorf("unknown key %q at line %d", name, key.Line)
+		}
+		if err := checkKeys(val, ft, name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ExpandEnv replaces $VAR and ${VAR} with environment variables, as LiteFS
+// does. Inside braces a comparison is allowed and becomes "true" or
+// "false": ${VAR == "value"}, ${VAR != 'value'}, ${VAR == OTHER_VAR}.
+func ExpandEnv(s string) string {
+	return os.Expand(s, expandVar)
+}
+
+var (
+	compareQuoted = regexp.MustCompile(`^(\w+)\s*(==|!=)\s*(?:"([^"]*)"|'([^']*)')$`)
+	compareVars   = regexp.MustCompile(`^(\w+)\s*(==|!=)\s*(\w+)$`)
+)
+
+func expandVar(expr string) string {
+	expr = strings.TrimSpace(expr)
+	if m := compareQuoted.FindStringSubmatch(expr); m != nil {
+		want := m[3] + m[4]
+		return strconv.FormatBool((os.Getenv(m[1]) == want) == (m[2] == "=="))
+	}
+	if m := compareVars.FindStringSubmatch(expr); m != nil {
+		return strconv.FormatBool((os.Getenv(m[1]) == os.Getenv(m[3])) == (m[2] == "=="))
+	}
+	return os.Getenv(expr)
+}

@@ -1,0 +1,71 @@
+// Package ltx owns the on-disk changeset log of each database: one LTX file
+// (github.com/superfly/ltx) per committed transaction, appended to segment
+// files, indexed for reads by TXID, pruned by age. It is the only package
+// that depends on the LTX encoding directly; the rest of litefs uses the
+// names re-exported here.
+package ltx
+
+import (
+	"fmt"
+	"io"
+
+	format "github.com/superfly/ltx"
+)
+
+// Names re-exported from the LTX format package.
+type (
+	Pos        = format.Pos
+	TXID       = format.TXID
+	Checksum   = format.Checksum
+	Header     = format.Header
+	Trailer    = format.Trailer
+	PageHeader = format.PageHeader
+	Encoder    = format.Encoder
+	Decoder    = format.Decoder
+)
+
+const (
+	// ChecksumFlag is set on every valid checksum; the checksum of an empty
+	// database is ChecksumFlag alone.
+	ChecksumFlag = format.ChecksumFlag
+	HeaderSize   = format.HeaderSize
+	TrailerSize  = format.TrailerSize
+	Version      = format.Version
+)
+
+// Functions re-exported from the LTX format package.
+var (
+	NewDecoder   = format.NewDecoder
+	NewEncoder   = format.NewEncoder
+	ChecksumPage = format.ChecksumPage
+	NewHasher    = format.NewHasher
+	ParsePos     = format.ParsePos
+)
+
+// ChecksumPageWith computes a page checksum reusing the scratch hasher h.
+var ChecksumPageWith = format.ChecksumPageWithHasher
+
+// FormatPos renders a position the way the mount's "-pos" files show it.
+func FormatPos(p Pos) string {
+	return fmt.Sprintf("%016x/%016x\n", uint64(p.TXID), uint64(p.PostApplyChecksum))
+}
+
+// DecodeHeader reads just the header of an encoded LTX file.
+func DecodeHeader(r io.Reader) (Header, error) {
+	hdr, _, err := format.DecodeHeader(r)
+	if err != nil {
+		return hdr, fmt.Errorf("decode ltx header: %w", err)
+	}
+	return hdr, nil
+}
+
+// Verify decodes a whole LTX file, checking its structure and file checksum,
+// and returns its header and trailer.
+func Verify(r io.Reader) (Header, Trailer, error) {
+	dec := format.NewDecoder(r)
+	dec.SetRetainPageIndex(false)
+	if err := dec.Verify(); err != nil {
+		return Header{}, Trailer{}, err
+	}
+	return dec.Header(), dec.Trailer(), nil
+}
