@@ -9,6 +9,7 @@ require (
 )
 
 require (
+	github.com/mattn/go-sqlite3 v1.14.53 // indirect
 	github.com/pierrec/lz4/v4 v4.1.23 // indirect
 	golang.org/x/sys v0.4.0 // indirect
 )

@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"sync"
 	"syscall"
 	"time"
@@ -99,7 +100,39 @@ func Mount(dir string, st *store.Store, opts Options) (*Server, error) {
 	}
 	s.nodes.init()
 	go s.serve()
+	if err := s.disablePoll(); err != nil {
+		_ = s.Unmount(context.Background())
+		return nil, fmt.Errorf("mount %s: %w", dir, err)
+	}
 	return s, nil
+}
+
+// disablePoll makes the kernel stop sending poll requests, which litefs
+// answers with ENOSYS, before any other file in the mount is opened.
+//
+// Go's os package registers every file it opens with epoll, and the
+// runtime does so with a raw system call during which the goroutine cannot
+// be stopped. On a FUSE file that call waits for a poll reply from the
+// daemon; if the daemon runs in the same process (tests, or a program
+// embedding the filesystem) and the garbage collector stops the world at
+// that moment, the reply never comes. One poll answered here, from an
+// ordinary (stoppable) system call, turns polling off for the mount.
+func (s *Server) disablePoll() error {
+	fd, err := syscall.Open(filepath.Join(s.dir, ".lag"), syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open status file: %w", err)
+	}
+	defer syscall.Close(fd)
+	ep, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("epoll: %w", err)
+	}
+	defer syscall.Close(ep)
+	ev := syscall.EpollEvent{Events: syscall.EPOLLIN, Fd: int32(fd)}
+	if err := syscall.EpollCtl(ep, syscall.EPOLL_CTL_ADD, fd, &ev); err != nil && err != syscall.EPERM {
+		return fmt.Errorf("epoll_ctl: %w", err)
+	}
+	return nil
 }
 
 // Dir returns the mount point.

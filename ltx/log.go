@@ -48,6 +48,10 @@ var (
 type Options struct {
 	SegmentSize   int64         // seal the active segment beyond this size
 	SegmentMaxAge time.Duration // seal the active segment once its first record is this old (0: never)
+
+	// ReadOnly opens a log that another process may be appending to, for
+	// inspection: nothing is repaired or written, and Append fails.
+	ReadOnly bool
 }
 
 // Log is the changeset log of one database. It is safe for concurrent use:
@@ -83,8 +87,10 @@ func OpenLog(dir string, opts Options) (*Log, error) {
 	if opts.SegmentSize <= 0 {
 		opts.SegmentSize = DefaultSegmentSize
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("create log dir: %w", err)
+	if !opts.ReadOnly {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("create log dir: %w", err)
+		}
 	}
 	l := &Log{dir: dir, opts: opts}
 	if err := l.load(); err != nil {
@@ -130,8 +136,10 @@ func (l *Log) load() error {
 			if err != nil {
 				return err
 			}
-			if err := writeIndex(idxPath(seg.path), offs); err != nil {
-				return err
+			if !l.opts.ReadOnly {
+				if err := writeIndex(idxPath(seg.path), offs); err != nil {
+					return err
+				}
 			}
 			n = len(offs)
 		}
@@ -140,8 +148,10 @@ func (l *Log) load() error {
 		// the contiguous prefix.
 		if next := l.segs[i+1]; next.first != seg.first+TXID(seg.n) || seg.n == 0 {
 			for _, s := range l.segs[i+1:] {
-				_ = os.Remove(s.path)
-				_ = os.Remove(idxPath(s.path))
+				if !l.opts.ReadOnly {
+					_ = os.Remove(s.path)
+					_ = os.Remove(idxPath(s.path))
+				}
 			}
 			l.segs = l.segs[:i+1]
 			break
@@ -162,6 +172,17 @@ func (l *Log) openActive() error {
 	offs, end, err := scanSegment(seg.path, seg.first)
 	if err != nil {
 		return err
+	}
+	if l.opts.ReadOnly {
+		f, err := os.Open(seg.path)
+		if err != nil {
+			return err
+		}
+		// Keep the records complete at open time; the file stays open
+		// read-only so that locate can read them.
+		l.active, l.activeIdx, l.activeEnd = f, offs, end
+		seg.n = len(offs)
+		return l.loadPos()
 	}
 	f, err := os.OpenFile(seg.path, os.O_RDWR, 0o644)
 	if err != nil {
@@ -342,6 +363,9 @@ func (l *Log) checkNext(hdr Header) error {
 	if l.closed {
 		return errors.New("log closed")
 	}
+	if l.opts.ReadOnly {
+		return errors.New("log opened read-only")
+	}
 	if hdr.MinTXID != hdr.MaxTXID || hdr.MinTXID != l.pos.TXID+1 {
 		return fmt.Errorf("%w: changeset %s-%s after position %s", ErrNotContiguous, hdr.MinTXID, hdr.MaxTXID, l.pos)
 	}
@@ -442,7 +466,7 @@ func (l *Log) seal() error {
 func (l *Log) Sync() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if !l.dirty || l.active == nil {
+	if !l.dirty || l.active == nil || l.opts.ReadOnly {
 		return nil
 	}
 	if err := l.active.Sync(); err != nil {
@@ -473,6 +497,9 @@ func (l *Log) Close() error {
 func (l *Log) TruncateAfter(txid TXID) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.opts.ReadOnly {
+		return errors.New("truncate log: opened read-only")
+	}
 	if txid >= l.pos.TXID {
 		return nil
 	}
@@ -525,6 +552,9 @@ func (l *Log) TruncateAfter(txid TXID) error {
 func (l *Log) Reset(base Pos) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.opts.ReadOnly {
+		return errors.New("reset log: opened read-only")
+	}
 	if l.active != nil {
 		_ = l.active.Close()
 		l.active = nil
@@ -548,6 +578,9 @@ func (l *Log) Reset(base Pos) error {
 func (l *Log) Prune(before time.Time) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.opts.ReadOnly {
+		return 0, errors.New("prune log: opened read-only")
+	}
 	removed := 0
 	for len(l.segs) > 1 {
 		seg := l.segs[0]

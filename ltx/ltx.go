@@ -69,3 +69,42 @@ func Verify(r io.Reader) (Header, Trailer, error) {
 	}
 	return dec.Header(), dec.Trailer(), nil
 }
+
+// ChecksumReader computes the checksum of a whole database file read from r.
+var ChecksumReader = format.ChecksumReader
+
+// ApplyTo decodes the LTX file in r, writes its pages into the database
+// file f and truncates f to the changeset's database size. The file
+// checksum is only known at the end, so f may already be modified when
+// verification fails; callers that must not change anything on bad input
+// verify the changeset first.
+func ApplyTo(f interface {
+	io.WriterAt
+	Truncate(int64) error
+}, r io.Reader) (Header, Trailer, error) {
+	dec := format.NewDecoder(r)
+	dec.SetRetainPageIndex(false)
+	if err := dec.DecodeHeader(); err != nil {
+		return Header{}, Trailer{}, fmt.Errorf("decode header: %w", err)
+	}
+	hdr := dec.Header()
+	buf := make([]byte, hdr.PageSize)
+	for {
+		var ph PageHeader
+		if err := dec.DecodePage(&ph, buf); err == io.EOF {
+			break
+		} else if err != nil {
+			return hdr, Trailer{}, fmt.Errorf("decode page: %w", err)
+		}
+		if _, err := f.WriteAt(buf, int64(ph.Pgno-1)*int64(hdr.PageSize)); err != nil {
+			return hdr, Trailer{}, fmt.Errorf("write page %d: %w", ph.Pgno, err)
+		}
+	}
+	if err := dec.Close(); err != nil {
+		return hdr, Trailer{}, fmt.Errorf("verify changeset: %w", err)
+	}
+	if err := f.Truncate(int64(hdr.Commit) * int64(hdr.PageSize)); err != nil {
+		return hdr, Trailer{}, fmt.Errorf("truncate: %w", err)
+	}
+	return hdr, dec.Trailer(), nil
+}

@@ -6,10 +6,11 @@ import (
 )
 
 // splitCommand splits a command line into arguments the way a POSIX shell
-// would for simple commands: whitespace separates words, single quotes keep
-// everything literal, double quotes keep spaces and allow \" and \\, and a
-// backslash outside quotes escapes the next character. No expansion is
-// done: $VAR was already expanded when the config file was read.
+// would for simple commands: whitespace separates words; single quotes keep
+// everything literal; inside double quotes a backslash escapes only $, `,
+// ", \ and newline and is otherwise kept; outside quotes a backslash
+// escapes the next character; backslash-newline continues the line. No
+// expansion is done: $VAR was already expanded when the config file was read.
 func splitCommand(s string) ([]string, error) {
 	var (
 		args    []string
@@ -21,8 +22,17 @@ func splitCommand(s string) ([]string, error) {
 	for _, r := range s {
 		switch {
 		case escaped:
-			cur.WriteRune(r)
 			escaped = false
+			switch {
+			case r == '\n':
+				// Line continuation: both characters disappear.
+			case quote == '"' && !strings.ContainsRune("$`\"\\", r):
+				cur.WriteRune('\\')
+				cur.WriteRune(r)
+			default:
+				cur.WriteRune(r)
+				inWord = true
+			}
 		case quote == '\'':
 			if r == '\'' {
 				quote = 0
@@ -39,7 +49,7 @@ func splitCommand(s string) ([]string, error) {
 				cur.WriteRune(r)
 			}
 		case r == '\\':
-			escaped, inWord = true, true
+			escaped = true
 		case r == '\'' || r == '"':
 			quote, inWord = r, true
 		case r == ' ' || r == '\t' || r == '\n':

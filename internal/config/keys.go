@@ -43,6 +43,14 @@ func checkKeys(n *yaml.Node, t reflect.Type, prefix string) error {
 	}
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		key, val := n.Content[i], n.Content[i+1]
+		if key.Tag == "!!merge" {
+			// A YAML merge key ("<<") brings in another mapping's keys,
+			// which must be valid here too.
+			if err := checkMerged(val, t, prefix); err != nil {
+				return err
+			}
+			continue
+		}
 		name := key.Value
 		if prefix != "" {
 			name = prefix + "." + key.Value
@@ -56,6 +64,23 @@ func checkKeys(n *yaml.Node, t reflect.Type, prefix string) error {
 		}
 	}
 	return nil
+}
+
+// checkMerged checks the mapping (or aliases of mappings) merged into a
+// mapping by a "<<" key.
+func checkMerged(n *yaml.Node, t reflect.Type, prefix string) error {
+	switch n.Kind {
+	case yaml.AliasNode:
+		return checkMerged(n.Alias, t, prefix)
+	case yaml.SequenceNode:
+		for _, item := range n.Content {
+			if err := checkMerged(item, t, prefix); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return checkKeys(n, t, prefix)
 }
 
 // ExpandEnv replaces $VAR and ${VAR} with environment variables, as LiteFS

@@ -1,0 +1,828 @@
+package config
+
+import (
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// minimal is the smallest configuration that validates.
+const minimal = "lease:\n  type: static\n"
+
+func TestNewDefaults(t *testing.T) {
+	c := New()
+	for _, tc := range []struct {
+		name      string
+		got, want any
+	}{
+		{"exit-on-error", c.ExitOnError, true},
+		{"skip-sync", c.SkipSync, false},
+		{"strict-verify", c.StrictVerify, false},
+		{"exec", len(c.Exec), 0},
+		{"data.dir", c.Data.Dir, "/var/lib/litefs"},
+		{"data.compress", c.Data.Compress, true},
+		{"data.retention", c.Data.Retention, 10 * time.Minute},
+		{"data.retention-monitor-interval", c.Data.RetentionMonitorInterval, time.Minute},
+		{"fuse.dir", c.FUSE.Dir, "/litefs"},
+		{"fuse.allow-other", c.FUSE.AllowOther, false},
+		{"fuse.debug", c.FUSE.Debug, false},
+		{"http.addr", c.HTTP.Addr, ":20202"},
+		{"http.snapshot-timeout", c.HTTP.SnapshotTimeout, time.Duration(0)},
+		{"lease.type", c.Lease.Type, ""},
+		{"lease.candidate", c.Lease.Candidate, true},
+		{"lease.promote", c.Lease.Promote, false},
+		{"lease.reconnect-delay", c.Lease.ReconnectDelay, time.Second},
+		{"lease.demote-delay", c.Lease.DemoteDelay, 10 * time.Second},
+		{"lease.databases", len(c.Lease.Databases), 0},
+		{"lease.consul.ttl", c.Lease.Consul.TTL, 10 * time.Second},
+		{"lease.consul.lock-delay", c.Lease.Consul.LockDelay, time.Second},
+		{"lease.consul.url", c.Lease.Consul.URL, ""},
+		{"lease.consul.key", c.Lease.Consul.Key, ""},
+		{"log.format", c.Log.Format, "text"},
+		{"log.timestamp", c.Log.Timestamp, false},
+		{"log.debug", c.Log.Debug, false},
+		{"proxy.addr", c.Proxy.Addr, ""},
+		{"proxy.max-lag", c.Proxy.MaxLag, 10 * time.Second},
+		{"proxy.primary-redirect-timeout", c.Proxy.PrimaryRedirectTimeout, 5 * time.Second},
+		{"proxy.read-timeout", c.Proxy.ReadTimeout, time.Duration(0)},
+		{"proxy.read-header-timeout", c.Proxy.ReadHeaderTimeout, 10 * time.Second},
+		{"proxy.write-timeout", c.Proxy.WriteTimeout, time.Duration(0)},
+		{"proxy.idle-timeout", c.Proxy.IdleTimeout, 30 * time.Second},
+		{"tracing.enabled", c.Tracing.Enabled, true},
+		{"tracing.max-size", c.Tracing.MaxSize, 64},
+		{"tracing.max-count", c.Tracing.MaxCount, 8},
+		{"tracing.compress", c.Tracing.Compress, true},
+		{"backup.type", c.Backup.Type, ""},
+	} {
+		if !reflect.DeepEqual(tc.got, tc.want) {
+			t.Errorf("New().%s = %v, want %v", tc.name, tc.got, tc.want)
+		}
+	}
+
+	// The defaults alone lack a lease type.
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "lease.type") {
+		t.Errorf("New().Validate() = %v, want an error about lease.type", err)
+	}
+}
+
+func TestParseMinimalKeepsDefaults(t *testing.T) {
+	c, err := Parse([]byte(minimal), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := New()
+	want.Lease.Type = "static"
+	if !reflect.DeepEqual(c, want) {
+		t.Fatalf("Parse(minimal) =\n%+v\nwant\n%+v", c, want)
+	}
+}
+
+func TestParseEmpty(t *testing.T) {
+	for _, in := range []string{"", "\n", "# just a comment\n"} {
+		_, err := Parse([]byte(in), false)
+		if err == nil || !strings.Contains(err.Error(), "lease.type") {
+			t.Errorf("Parse(%q) error = %v, want missing lease.type", in, err)
+		}
+	}
+}
+
+// fullYAML sets every key litefs knows, each to a non-default value.
+const fullYAML = `
+exec:
+  - cmd: "migrate --up"
+    if-candidate: true
+  - cmd: "app serve"
+exit-on-error: false
+skip-sync: true
+strict-verify: true
+
+data:
+  dir: /data/litefs
+  compress: false
+  retention: 1h
+  retention-monitor-interval: 30s
+
+fuse:
+  dir: /mnt/litefs
+  allow-other: true
+  debug: true
+
+http:
+  addr: ":30303"
+  snapshot-timeout: 2m
+
+lease:
+  type: consul
+  hostname: node-1
+  advertise-url: http://node-1:30303
+  candidate: false
+  promote: true
+  reconnect-delay: 3s
+  demote-delay: 45s
+  databases:
+    - app.db
+    - other.db
+  consul:
+    url: http://consul:8500
+    key: litefs/primary
+    ttl: 15s
+    lock-delay: 250ms
+
+log:
+  format: json
+  timestamp: true
+  debug: true
+
+proxy:
+  addr: ":8080"
+  target: "localhost:8081"
+  db: app.db
+  max-lag: 20s
+  debug: true
+  passthrough:
+    - "/static/*"
+    - "*.png"
+  always-forward:
+    - "/admin"
+  primary-redirect-timeout: 7s
+  read-timeout: 11s
+  read-header-timeout: 12s
+  write-timeout: 13s
+  idle-timeout: 14s
+
+tracing:
+  enabled: false
+  path: /var/log/litefs/trace.log
+  max-size: 128
+  max-count: 3
+  compress: false
+
+backup:
+  type: ""
+  path: /backups
+  url: https://backup.example.com
+  cluster: prod
+  auth-token: secret
+`
+
+func TestParseFull(t *testing.T) {
+	c, err := Parse([]byte(fullYAML), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Config{
+		Exec: ExecConfigs{
+			{Cmd: "migrate --up", IfCandidate: true},
+			{Cmd: "app serve"},
+		},
+		ExitOnError:  false,
+		SkipSync:     true,
+		StrictVerify: true,
+		Data: DataConfig{
+			Dir:                      "/data/litefs",
+			Compress:                 false,
+			Retention:                time.Hour,
+			RetentionMonitorInterval: 30 * time.Second,
+		},
+		FUSE: FUSEConfig{Dir: "/mnt/litefs", AllowOther: true, Debug: true},
+		HTTP: HTTPConfig{Addr: ":30303", SnapshotTimeout: 2 * time.Minute},
+		Lease: LeaseConfig{
+			Type:           "consul",
+			Hostname:       "node-1",
+			AdvertiseURL:   "http://node-1:30303",
+			Candidate:      false,
+			Promote:        true,
+			ReconnectDelay: 3 * time.Second,
+			DemoteDelay:    45 * time.Second,
+			Databases:      []string{"app.db", "other.db"},
+			Consul: ConsulConfig{
+				URL:       "http://consul:8500",
+				Key:       "litefs/primary",
+				TTL:       15 * time.Second,
+				LockDelay: 250 * time.Millisecond,
+			},
+		},
+		Log: LogConfig{Format: "json", Timestamp: true, Debug: true},
+		Proxy: ProxyConfig{
+			Addr:                   ":8080",
+			Target:                 "localhost:8081",
+			DB:                     "app.db",
+			MaxLag:                 20 * time.Second,
+			Debug:                  true,
+			Passthrough:            []string{"/static/*", "*.png"},
+			AlwaysForward:          []string{"/admin"},
+			PrimaryRedirectTimeout: 7 * time.Second,
+			ReadTimeout:            11 * time.Second,
+			ReadHeaderTimeout:      12 * time.Second,
+			WriteTimeout:           13 * time.Second,
+			IdleTimeout:            14 * time.Second,
+		},
+		Tracing: TracingConfig{
+			Enabled:  false,
+			Path:     "/var/log/litefs/trace.log",
+			MaxSize:  128,
+			MaxCount: 3,
+			Compress: false,
+		},
+		Backup: BackupConfig{
+			Path:      "/backups",
+			URL:       "https://backup.example.com",
+			Cluster:   "prod",
+			AuthToken: "secret",
+		},
+	}
+	if !reflect.DeepEqual(c, want) {
+		t.Fatalf("Parse(fullYAML) =\n%+v\nwant\n%+v", c, want)
+	}
+}
+
+// TestFullYAMLCoversEveryKey walks the Config struct's yaml tags and checks
+// that fullYAML sets each of them, so a key added to Config without a test
+// is noticed.
+func TestFullYAMLCoversEveryKey(t *testing.T) {
+	var root yaml.Node
+	if err := yaml.Unmarshal([]byte(fullYAML), &root); err != nil {
+		t.Fatal(err)
+	}
+	var walk func(n *yaml.Node, typ reflect.Type, prefix string)
+	walk = func(n *yaml.Node, typ reflect.Type, prefix string) {
+		if typ == reflect.TypeOf(ExecConfigs{}) {
+			if n.Kind != yaml.SequenceNode || len(n.Content) == 0 {
+				t.Errorf("%s: want a non-empty list", prefix)
+				return
+			}
+			walk(n.Content[0], reflect.TypeOf(ExecConfig{}), prefix+"[]")
+			return
+		}
+		if typ.Kind() != reflect.Struct {
+			return
+		}
+		if n.Kind != yaml.MappingNode {
+			t.Errorf("%s: want a mapping", prefix)
+			return
+		}
+		for i := 0; i < typ.NumField(); i++ {
+			tag := strings.Split(typ.Field(i).Tag.Get("yaml"), ",")[0]
+			name := strings.TrimPrefix(prefix+"."+tag, ".")
+			var val *yaml.Node
+			for j := 0; j+1 < len(n.Content); j += 2 {
+				if n.Content[j].Value == tag {
+					val = n.Content[j+1]
+				}
+			}
+			if val == nil {
+				t.Errorf("fullYAML does not set %s", name)
+				continue
+			}
+			walk(val, typ.Field(i).Type, name)
+		}
+	}
+	walk(root.Content[0], reflect.TypeOf(Config{}), "")
+}
+
+func TestParseUnknownKey(t *testing.T) {
+	for _, tc := range []struct {
+		name, in string
+		want     string // exact error text, or a prefix ending in "..."
+	}{
+		{"top level", minimal + "bogus: 1\n", `unknown key "bogus" at line 3`},
+		{"typo in fuse", "lease:\n  type: static\nfuse:\n  dri: /mnt\n", `unknown key "fuse.dri" at line 4`},
+		{"fuse.dri on line 3", "fuse:\n  dir: /mnt\n  dri: /x\nlease:\n  type: static\n", `unknown key "fuse.dri" at line 3`},
+		{"nested consul", "lease:\n  type: consul\n  consul:\n    url: http://x\n    keys: k\n", `unknown key "lease.consul.keys" at line 5`},
+		{"data", minimal + "data:\n  dir: /d\n  retension: 1m\n", `unknown key "data.retension" at line 5`},
+		{"proxy", minimal + "proxy:\n  adr: :8080\n", `unknown key "proxy.adr" at line 4`},
+		{"tracing", minimal + "tracing:\n  max_size: 3\n", `unknown key "tracing.max_size" at line 4`},
+		{"backup", minimal + "backup:\n  token: x\n", `unknown key "backup.token" at line 4`},
+		{"http", minimal + "http:\n  address: :1\n", `unknown key "http.address" at line 4`},
+		{"log", minimal + "log:\n  level: debug\n", `unknown key "log.level" at line 4`},
+		{"underscore variant of a known key", minimal + "exit_on_error: true\n", `unknown key "exit_on_error" at line 3`},
+		{"duplicate section", minimal + "lease:\n  type: static\n", "mapping key \"lease\" already defined..."},
+		{"first unknown of several is reported", minimal + "fuse:\n  dri: /a\n  dbg: true\n", `unknown key "fuse.dri" at line 4`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(tc.in), false)
+			if err == nil {
+				t.Fatalf("Parse succeeded, want error %q", tc.want)
+			}
+			if p, ok := strings.CutSuffix(tc.want, "..."); ok {
+				if !strings.Contains(err.Error(), p) {
+					t.Fatalf("error = %q, want it to contain %q", err, p)
+				}
+				return
+			}
+			if err.Error() != tc.want {
+				t.Fatalf("error = %q, want %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestParseUnknownKeyInExecList(t *testing.T) {
+	for _, tc := range []struct {
+		name, in string
+		key      string
+		line     string
+	}{
+		{"first item", minimal + "exec:\n  - cmd: a\n    if-candidat: true\n", "if-candidat", "line 5"},
+		{"second item", minimal + "exec:\n  - cmd: a\n  - cmd: b\n    if_candidate: true\n", "if_candidate", "line 6"},
+		{"flow style", minimal + "exec: [{cmd: a}, {command: b}]\n", "command", "line 3"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(tc.in), false)
+			if err == nil {
+				t.Fatal("Parse succeeded with an unknown key in an exec item")
+			}
+			msg := err.Error()
+			if !strings.HasPrefix(msg, `unknown key "exec`) || !strings.Contains(msg, tc.key+`"`) || !strings.HasSuffix(msg, "at line "+strings.TrimPrefix(tc.line, "line ")) {
+				t.Fatalf("error = %q, want unknown key exec...%s at %s", msg, tc.key, tc.line)
+			}
+		})
+	}
+}
+
+func TestParseExec(t *testing.T) {
+	for _, tc := range []struct {
+		name, in string
+		want     ExecConfigs
+		wantErr  string
+	}{
+		{"string", `exec: "myapp -addr :8081"`, ExecConfigs{{Cmd: "myapp -addr :8081"}}, ""},
+		{"plain string", `exec: myapp serve`, ExecConfigs{{Cmd: "myapp serve"}}, ""},
+		{"block string", "exec: |\n  myapp\n", ExecConfigs{{Cmd: "myapp\n"}}, ""},
+		{"list", "exec:\n  - cmd: migrate\n    if-candidate: true\n  - cmd: serve\n",
+			ExecConfigs{{Cmd: "migrate", IfCandidate: true}, {Cmd: "serve"}}, ""},
+		{"list with one item", "exec:\n  - cmd: serve\n", ExecConfigs{{Cmd: "serve"}}, ""},
+		{"flow list", "exec: [{cmd: a, if-candidate: false}, {cmd: b, if-candidate: true}]",
+			ExecConfigs{{Cmd: "a"}, {Cmd: "b", IfCandidate: true}}, ""},
+		{"empty list", "exec: []", ExecConfigs{}, ""},
+		{"mapping is invalid", "exec:\n  cmd: serve\n", nil, "exec must be"},
+		{"list of strings is invalid", "exec:\n  - serve\n", nil, "invalid value"},
+		{"bad if-candidate", "exec:\n  - cmd: a\n    if-candidate: maybe\n", nil, "invalid value"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Parse([]byte(minimal+tc.in), false)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("Parse error = %v, want one containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(c.Exec) != len(tc.want) || (len(tc.want) > 0 && !reflect.DeepEqual(c.Exec, tc.want)) {
+				t.Fatalf("Exec = %#v, want %#v", c.Exec, tc.want)
+			}
+		})
+	}
+}
+
+func TestExecInvalidTypeMentionsLine(t *testing.T) {
+	_, err := Parse([]byte(minimal+"exec:\n  cmd: serve\n"), false)
+	if err == nil || !strings.Contains(err.Error(), "line 4") {
+		t.Fatalf("error = %v, want it to name line 4", err)
+	}
+}
+
+func TestParseValues(t *testing.T) {
+	for _, tc := range []struct {
+		name, in string
+		check    func(Config) any
+		want     any
+		wantErr  string
+	}{
+		{"seconds", "data:\n  retention: 10s\n", func(c Config) any { return c.Data.Retention }, 10 * time.Second, ""},
+		{"compound", "data:\n  retention: 1h30m5s\n", func(c Config) any { return c.Data.Retention }, time.Hour + 30*time.Minute + 5*time.Second, ""},
+		{"millis", "lease:\n  type: static\n  demote-delay: 1500ms\n", func(c Config) any { return c.Lease.DemoteDelay }, 1500 * time.Millisecond, ""},
+		{"zero", "proxy:\n  max-lag: 0s\n", func(c Config) any { return c.Proxy.MaxLag }, time.Duration(0), ""},
+		{"quoted", "http:\n  snapshot-timeout: \"90s\"\n", func(c Config) any { return c.HTTP.SnapshotTimeout }, 90 * time.Second, ""},
+		{"bad unit", "data:\n  retention: 10 parsecs\n", nil, nil, "invalid value"},
+		{"bare integer duration", "lease:\n  type: static\n  reconnect-delay: 10\n", nil, nil, "invalid value"},
+		{"negative retention", "data:\n  retention: -1s\n", nil, nil, "data.retention must not be negative"},
+		{"negative monitor interval", "data:\n  retention-monitor-interval: -1m\n", nil, nil, "data.retention-monitor-interval must not be negative"},
+		{"bool yes", "fuse:\n  allow-other: yes\n", func(c Config) any { return c.FUSE.AllowOther }, true, ""}, // YAML 1.1 form accepted by yaml.v3
+		{"bool false", "exit-on-error: false\n", func(c Config) any { return c.ExitOnError }, false, ""},
+		{"bad bool", "fuse:\n  allow-other: maybe\n", nil, nil, "invalid value"},
+		{"int", "tracing:\n  max-count: many\n", nil, nil, "invalid value"},
+		{"section as scalar", "fuse: /mnt\n", nil, nil, "invalid value"},
+		{"list as scalar", "proxy:\n  passthrough: /static\n", nil, nil, "invalid value"},
+		{"invalid yaml", "fuse:\n  dir: [unterminated\n", nil, nil, "invalid YAML"},
+		{"tab indentation", "fuse:\n\tdir: /x\n", nil, nil, "invalid YAML"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			in := tc.in
+			if !strings.HasPrefix(in, "lease:") {
+				in = minimal + in
+			}
+			c, err := Parse([]byte(in), false)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("Parse error = %v, want one containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := tc.check(c); !reflect.DeepEqual(got, tc.want) {
+				t.Fatalf("got %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestExpandEnv(t *testing.T) {
+	t.Setenv("LFS_REGION", "ord")
+	t.Setenv("LFS_PRIMARY", "ord")
+	t.Setenv("LFS_OTHER", "iad")
+	t.Setenv("LFS_EMPTY", "")
+	t.Setenv("LFS_SPACE", "a b")
+	t.Setenv("LFS_UNSET", "") // restored after the test
+	os.Unsetenv("LFS_UNSET")
+	for _, tc := range []struct{ in, want string }{
+		{"$LFS_REGION", "ord"},
+		{"${LFS_REGION}", "ord"},
+		{"x-$LFS_REGION-y", "x-ord-y"},
+		{"x${LFS_REGION}y", "xordy"},
+		{"$LFS_REGION$LFS_OTHER", "ordiad"},
+		{"$LFS_UNSET", ""},
+		{"${LFS_UNSET}", ""},
+		{"a $ b", "a $ b"},
+		{"no vars", "no vars"},
+		{"${LFS_SPACE}", "a b"},
+		{"${ LFS_REGION }", "ord"},
+
+		{`${LFS_REGION == "ord"}`, "true"},
+		{`${LFS_REGION == "iad"}`, "false"},
+		{`${LFS_REGION != "ord"}`, "false"},
+		{`${LFS_REGION != "iad"}`, "true"},
+		{`${LFS_REGION == 'ord'}`, "true"},
+		{`${LFS_REGION != 'ord'}`, "false"},
+		{`${LFS_REGION != 'iad'}`, "true"},
+		{`${LFS_REGION=="ord"}`, "true"},
+		{`${  LFS_REGION   ==   "ord"  }`, "true"},
+		{`${LFS_EMPTY == ""}`, "true"},
+		{`${LFS_UNSET == ""}`, "true"},
+		{`${LFS_UNSET != ''}`, "false"},
+		{`${LFS_SPACE == "a b"}`, "true"},
+		{`${LFS_REGION == "ORD"}`, "false"},
+
+		{`${LFS_REGION == LFS_PRIMARY}`, "true"},
+		{`${LFS_REGION != LFS_PRIMARY}`, "false"},
+		{`${LFS_REGION == LFS_OTHER}`, "false"},
+		{`${LFS_REGION != LFS_OTHER}`, "true"},
+		{`${LFS_REGION==LFS_OTHER}`, "false"},
+		{`${LFS_UNSET == LFS_EMPTY}`, "true"},
+
+		{`candidate: ${LFS_REGION == "ord"} # region`, "candidate: true # region"},
+		{"url: http://${LFS_REGION}.internal:20202", "url: http://ord.internal:20202"},
+	} {
+		if got := ExpandEnv(tc.in); got != tc.want {
+			t.Errorf("ExpandEnv(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestParseExpandsEnv(t *testing.T) {
+	t.Setenv("LFS_TEST_REGION", "ord")
+	t.Setenv("LFS_TEST_PRIMARY_REGION", "ord")
+	t.Setenv("LFS_TEST_DIR", "/mnt/app")
+	t.Setenv("LFS_TEST_HOST", "node-7")
+	in := `
+fuse:
+  dir: ${LFS_TEST_DIR}
+data:
+  dir: $LFS_TEST_DIR/data
+lease:
+  type: static
+  hostname: $LFS_TEST_HOST
+  advertise-url: "http://${LFS_TEST_HOST}:20202"
+  candidate: ${LFS_TEST_REGION == LFS_TEST_PRIMARY_REGION}
+  promote: ${LFS_TEST_REGION != "ord"}
+exec:
+  - cmd: "serve --region $LFS_TEST_REGION"
+    if-candidate: ${LFS_TEST_REGION == 'ord'}
+`
+	c, err := Parse([]byte(in), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name      string
+		got, want any
+	}{
+		{"fuse.dir", c.FUSE.Dir, "/mnt/app"},
+		{"data.dir", c.Data.Dir, "/mnt/app/data"},
+		{"lease.hostname", c.Lease.Hostname, "node-7"},
+		{"lease.advertise-url", c.Lease.AdvertiseURL, "http://node-7:20202"},
+		{"lease.candidate", c.Lease.Candidate, true},
+		{"lease.promote", c.Lease.Promote, false},
+		{"exec", c.Exec, ExecConfigs{{Cmd: "serve --region ord", IfCandidate: true}}},
+	} {
+		if !reflect.DeepEqual(tc.got, tc.want) {
+			t.Errorf("%s = %v, want %v", tc.name, tc.got, tc.want)
+		}
+	}
+
+	// A different environment changes the comparisons.
+	t.Setenv("LFS_TEST_REGION", "iad")
+	c, err = Parse([]byte(in), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Lease.Candidate || !c.Lease.Promote || c.Exec[0].IfCandidate || c.Exec[0].Cmd != "serve --region iad" {
+		t.Errorf("after changing LFS_TEST_REGION: candidate=%v promote=%v exec=%+v", c.Lease.Candidate, c.Lease.Promote, c.Exec)
+	}
+}
+
+func TestParseWithoutExpansion(t *testing.T) {
+	t.Setenv("LFS_TEST_DIR", "/expanded")
+	in := minimal + "fuse:\n  dir: /mnt/$LFS_TEST_DIR\ndata:\n  dir: \"${LFS_TEST_DIR}\"\nexec: \"echo $HOME\"\n"
+	c, err := Parse([]byte(in), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.FUSE.Dir != "/mnt/$LFS_TEST_DIR" {
+		t.Errorf("fuse.dir = %q, want it unexpanded", c.FUSE.Dir)
+	}
+	if c.Data.Dir != "${LFS_TEST_DIR}" {
+		t.Errorf("data.dir = %q, want it unexpanded", c.Data.Dir)
+	}
+	if c.Exec[0].Cmd != "echo $HOME" {
+		t.Errorf("exec = %q, want it unexpanded", c.Exec[0].Cmd)
+	}
+
+	c, err = Parse([]byte(in), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.FUSE.Dir != "/mnt//expanded" || c.Data.Dir != "/expanded" {
+		t.Errorf("with expansion: fuse.dir = %q, data.dir = %q", c.FUSE.Dir, c.Data.Dir)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		in      string
+		mod     func(*Config) // applied to New() when in is empty
+		wantErr string        // "" means valid
+	}{
+		{name: "static candidate", in: "lease:\n  type: static\n"},
+		{name: "static non-candidate with advertise-url", in: "lease:\n  type: static\n  candidate: false\n  advertise-url: http://primary:20202\n"},
+		{name: "static non-candidate without advertise-url", in: "lease:\n  type: static\n  candidate: false\n", wantErr: "lease.advertise-url"},
+		{name: "consul complete", in: "lease:\n  type: consul\n  consul:\n    url: http://c:8500\n    key: k\n"},
+		{name: "consul without key", in: "lease:\n  type: consul\n  consul:\n    url: http://c:8500\n", wantErr: "lease.consul.key"},
+		{name: "consul without url", in: "lease:\n  type: consul\n  consul:\n    key: k\n", wantErr: "lease.consul.url"},
+		{name: "consul without either", in: "lease:\n  type: consul\n", wantErr: "lease.consul"},
+		{name: "missing lease.type", in: "fuse:\n  dir: /mnt\n", wantErr: "lease.type is required"},
+		{name: "bad lease.type", in: "lease:\n  type: etcd\n", wantErr: `invalid lease.type "etcd"`},
+		{name: "lease.type case matters", in: "lease:\n  type: Static\n", wantErr: `invalid lease.type "Static"`},
+		{name: "log json", in: minimal + "log:\n  format: json\n"},
+		{name: "bad log.format", in: minimal + "log:\n  format: logfmt\n", wantErr: `invalid log.format "logfmt"`},
+		{name: "empty log.format", in: minimal + "log:\n  format: \"\"\n", wantErr: "invalid log.format"},
+		{name: "proxy complete", in: minimal + "proxy:\n  addr: :8080\n  target: localhost:8081\n  db: app.db\n"},
+		{name: "proxy without addr", in: minimal + "proxy:\n  target: localhost:8081\n  db: app.db\n", wantErr: "proxy.addr"},
+		{name: "proxy without db", in: minimal + "proxy:\n  addr: :8080\n  target: localhost:8081\n", wantErr: "proxy.db"},
+		{name: "proxy addr without target is not checked", in: minimal + "proxy:\n  addr: :8080\n"},
+		{name: "backup.type set", in: minimal + "backup:\n  type: litefs-cloud\n", wantErr: `backup.type "litefs-cloud" is not supported`},
+		{name: "backup fields without type", in: minimal + "backup:\n  url: https://x\n"},
+		{name: "databases on a candidate", in: "lease:\n  type: static\n  databases: [app.db]\n", wantErr: "lease.databases"},
+		{name: "databases on a non-candidate", in: "lease:\n  type: static\n  candidate: false\n  advertise-url: http://p\n  databases: [app.db]\n"},
+		{name: "empty databases on a candidate", in: "lease:\n  type: static\n  databases: []\n"},
+		{name: "empty fuse.dir", in: minimal + "fuse:\n  dir: \"\"\n", wantErr: "fuse.dir is required"},
+		{name: "empty data.dir", in: minimal + "data:\n  dir: \"\"\n", wantErr: "data.dir is required"},
+		{name: "struct: negative retention", mod: func(c *Config) { c.Lease.Type = "static"; c.Data.Retention = -time.Second }, wantErr: "data.retention must not be negative"},
+		{name: "struct: valid", mod: func(c *Config) { c.Lease.Type = "static" }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var err error
+			if tc.mod != nil {
+				c := New()
+				tc.mod(&c)
+				err = c.Validate()
+			} else {
+				_, err = Parse([]byte(tc.in), false)
+			}
+			if tc.wantErr == "" {
+				if err != nil {
+					t.Fatalf("unexpected error: %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("error = %v, want one containing %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+func writeFile(t *testing.T, path, data string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestLoadExplicitPath(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "custom.yml")
+	writeFile(t, path, minimal+"fuse:\n  dir: /explicit\n")
+	c, got, err := Load(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != path || c.FUSE.Dir != "/explicit" {
+		t.Fatalf("Load = (fuse.dir %q, path %q), want (/explicit, %q)", c.FUSE.Dir, got, path)
+	}
+
+	// Expansion is passed through.
+	t.Setenv("LFS_TEST_MOUNT", "/from-env")
+	writeFile(t, path, minimal+"fuse:\n  dir: $LFS_TEST_MOUNT\n")
+	if c, _, err = Load(path, true); err != nil || c.FUSE.Dir != "/from-env" {
+		t.Fatalf("Load(expand) = %q, %v", c.FUSE.Dir, err)
+	}
+	if c, _, err = Load(path, false); err != nil || c.FUSE.Dir != "$LFS_TEST_MOUNT" {
+		t.Fatalf("Load(no expand) = %q, %v", c.FUSE.Dir, err)
+	}
+}
+
+func TestLoadExplicitMissing(t *testing.T) {
+	// A missing explicit path is an error even when another config exists in
+	// the search path.
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "litefs.yml"), minimal)
+	t.Chdir(dir)
+	path := filepath.Join(dir, "nope", "litefs.yml")
+	_, got, err := Load(path, false)
+	if err == nil {
+		t.Fatal("Load of a missing explicit path succeeded")
+	}
+	if !strings.Contains(err.Error(), path) {
+		t.Errorf("error %q does not name %s", err, path)
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("error %q is not fs.ErrNotExist", err)
+	}
+	if errors.Is(err, ErrNotFound) {
+		t.Errorf("missing explicit path reported as ErrNotFound (searched)")
+	}
+	if got != path {
+		t.Errorf("Load returned path %q, want %q", got, path)
+	}
+}
+
+func TestLoadInvalidNamesPath(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "litefs.yml")
+	writeFile(t, path, minimal+"fuse:\n  dri: /x\n")
+	_, got, err := Load(path, false)
+	if err == nil {
+		t.Fatal("Load of an invalid file succeeded")
+	}
+	if !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), `unknown key "fuse.dri" at line 4`) {
+		t.Errorf("error = %q, want it to name %s and the unknown key", err, path)
+	}
+	if got != path {
+		t.Errorf("Load returned path %q, want %q", got, path)
+	}
+}
+
+func TestLoadDirectoryIsError(t *testing.T) {
+	dir := t.TempDir()
+	if _, _, err := Load(dir, false); err == nil || !strings.Contains(err.Error(), dir) {
+		t.Fatalf("Load(directory) error = %v, want one naming %s", err, dir)
+	}
+}
+
+func sameFile(t *testing.T, a, b string) bool {
+	t.Helper()
+	fa, err := os.Stat(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fb, err := os.Stat(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return os.SameFile(fa, fb)
+}
+
+func TestSearchPaths(t *testing.T) {
+	cwd, home := t.TempDir(), t.TempDir()
+	t.Chdir(cwd)
+	t.Setenv("HOME", home)
+	paths := SearchPaths()
+	if len(paths) != 3 {
+		t.Fatalf("SearchPaths() = %q, want 3 entries", paths)
+	}
+	if filepath.Base(paths[0]) != "litefs.yml" || !filepath.IsAbs(paths[0]) {
+		t.Errorf("first path %q is not an absolute litefs.yml", paths[0])
+	}
+	writeFile(t, filepath.Join(cwd, "litefs.yml"), "")
+	if !sameFile(t, paths[0], filepath.Join(cwd, "litefs.yml")) {
+		t.Errorf("first path %q is not in the working directory %s", paths[0], cwd)
+	}
+	if want := filepath.Join(home, "litefs.yml"); paths[1] != want {
+		t.Errorf("second path = %q, want %q", paths[1], want)
+	}
+	if paths[2] != "/etc/litefs.yml" {
+		t.Errorf("third path = %q, want /etc/litefs.yml", paths[2])
+	}
+}
+
+func TestLoadSearchOrder(t *testing.T) {
+	cwd, home := t.TempDir(), t.TempDir()
+	t.Chdir(cwd)
+	t.Setenv("HOME", home)
+	cwdFile, homeFile := filepath.Join(cwd, "litefs.yml"), filepath.Join(home, "litefs.yml")
+	writeFile(t, cwdFile, minimal+"fuse:\n  dir: /from-cwd\n")
+	writeFile(t, homeFile, minimal+"fuse:\n  dir: /from-home\n")
+
+	c, got, err := Load("", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.FUSE.Dir != "/from-cwd" || !sameFile(t, got, cwdFile) {
+		t.Fatalf("Load(\"\") = (%q, %q), want the working directory's file", c.FUSE.Dir, got)
+	}
+
+	if err := os.Remove(cwdFile); err != nil {
+		t.Fatal(err)
+	}
+	c, got, err = Load("", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.FUSE.Dir != "/from-home" || got != homeFile {
+		t.Fatalf("Load(\"\") = (%q, %q), want %s", c.FUSE.Dir, got, homeFile)
+	}
+
+	// An invalid file found in the search stops the search with its error.
+	writeFile(t, cwdFile, "lease:\n  type: nope\n")
+	if _, got, err = Load("", false); err == nil || !strings.Contains(err.Error(), "nope") || !sameFile(t, got, cwdFile) {
+		t.Fatalf("Load(\"\") with an invalid ./litefs.yml = (%q, %v), want its error", got, err)
+	}
+
+	if err := os.Remove(cwdFile); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(homeFile); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat("/etc/litefs.yml"); err == nil {
+		t.Skip("/etc/litefs.yml exists on this machine; cannot test the not-found case")
+	}
+	_, got, err = Load("", false)
+	if !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Load(\"\") with no file = %v, want ErrNotFound", err)
+	}
+	if got != "" {
+		t.Errorf("Load returned path %q with no file", got)
+	}
+	for _, p := range []string{homeFile, "/etc/litefs.yml"} {
+		if !strings.Contains(err.Error(), p) {
+			t.Errorf("ErrNotFound message %q does not list %s", err, p)
+		}
+	}
+}
+
+// TestParseMergeKeys checks YAML merge keys ("<<"), which yaml.v3 resolves
+// while decoding. LiteFS decodes litefs.yml with yaml.v3 and KnownFields,
+// which accepts them, so a LiteFS configuration using them must parse here.
+func TestParseMergeKeys(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		in    string
+		check func(Config) bool
+	}{
+		{
+			name: "merge into an exec item",
+			in:   minimal + "exec:\n  - &m\n    cmd: migrate\n    if-candidate: true\n  - <<: *m\n    cmd: serve\n",
+			check: func(c Config) bool {
+				return reflect.DeepEqual(c.Exec, ExecConfigs{{Cmd: "migrate", IfCandidate: true}, {Cmd: "serve", IfCandidate: true}})
+			},
+		},
+		{
+			name:  "merge of an inline mapping into a section",
+			in:    minimal + "fuse:\n  <<: {debug: true}\n  dir: /x\n",
+			check: func(c Config) bool { return c.FUSE.Debug && c.FUSE.Dir == "/x" },
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Parse([]byte(tc.in), false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tc.check(c) {
+				t.Fatalf("merged config wrong: exec=%+v fuse=%+v", c.Exec, c.FUSE)
+			}
+		})
+	}
+}

@@ -1,0 +1,344 @@
+package testutil
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/litefs-project/litefs/ltx"
+)
+
+var (
+	buildOnce sync.Once
+	buildDir  string
+	buildPath string
+	buildErr  error
+)
+
+// Main runs a package's tests with a litefs binary built for them (with
+// the race detector when the tests use it), then removes it and detaches
+// any mount a crashed test left behind.
+func Main(m interface{ Run() int }) int {
+	code := m.Run()
+	if buildDir != "" {
+		os.RemoveAll(buildDir)
+	}
+	DetachStaleMounts()
+	return code
+}
+
+// Binary returns the path of the litefs binary under test.
+func Binary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		buildDir, buildErr = os.MkdirTemp("", "litefs-test-bin-")
+		if buildErr != nil {
+			return
+		}
+		buildPath = filepath.Join(buildDir, "litefs")
+		args := []string{"build", "-o", buildPath}
+		if raceEnabled {
+			args = append(args, "-race")
+		}
+		args = append(args, "./cmd/litefs")
+		cmd := exec.Command("go", args...)
+		cmd.Dir = moduleRoot()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build litefs: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return buildPath
+}
+
+// moduleRoot finds the repository root from this source file's location.
+func moduleRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..")
+}
+
+// DetachStaleMounts lazily unmounts every litefs mount under the temporary
+// directory; a killed test process can leave one behind.
+func DetachStaleMounts() {
+	b, err := os.ReadFile("/proc/mounts")
+	if err != nil {
+		return
+	}
+	tmp := os.TempDir()
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 2 && f[2] == "fuse.litefs" && strings.HasPrefix(f[1], tmp) {
+			_ = exec.Command("fusermount3", "-u", "-z", f[1]).Run()
+		}
+	}
+}
+
+// NodeConfig describes a litefs node to run.
+type NodeConfig struct {
+	Name  string // used in log output and directory names
+	Extra string // more YAML, appended to the generated config
+	Args  []string
+}
+
+// Node is a litefs process with its mount and data directory.
+type Node struct {
+	Config  NodeConfig
+	Root    string
+	Mnt     string
+	DataDir string
+	CfgPath string
+	LogPath string
+
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+	exited chan struct{}
+	t      testing.TB
+}
+
+// StartNode writes a config for a primary with a static lease (plus
+// cfg.Extra) and starts it. The node is stopped and unmounted when the
+// test ends, and its log is printed if the test failed.
+func StartNode(t testing.TB, cfg NodeConfig) *Node {
+	t.Helper()
+	n := NewNode(t, cfg)
+	n.WriteConfig(t, "lease:\n  type: static\n  candidate: true\n"+cfg.Extra)
+	n.Start(t)
+	return n
+}
+
+// NewNode prepares a node's directories without starting it.
+func NewNode(t testing.TB, cfg NodeConfig) *Node {
+	t.Helper()
+	RequireFUSE(t)
+	if cfg.Name == "" {
+		cfg.Name = "node"
+	}
+	root := t.TempDir()
+	n := &Node{
+		Config:  cfg,
+		Root:    root,
+		Mnt:     filepath.Join(root, "mnt"),
+		DataDir: filepath.Join(root, "data"),
+		CfgPath: filepath.Join(root, "litefs.yml"),
+		LogPath: filepath.Join(root, "litefs.log"),
+		t:       t,
+	}
+	t.Cleanup(func() {
+		n.Stop(t)
+		if t.Failed() {
+			if b, err := os.ReadFile(n.LogPath); err == nil {
+				t.Logf("log of %s:\n%s", cfg.Name, b)
+			}
+		}
+	})
+	return n
+}
+
+// WriteConfig writes the node's litefs.yml: mount and data directories,
+// strict verification, debug logs, then body.
+func (n *Node) WriteConfig(t testing.TB, body string) {
+	t.Helper()
+	cfg := fmt.Sprintf("fuse:\n  dir: %q\ndata:\n  dir: %q\nstrict-verify: true\nlog:\n  debug: true\n  timestamp: true\n%s", n.Mnt, n.DataDir, body)
+	if err := os.WriteFile(n.CfgPath, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Start runs the node and waits until its mount is ready.
+func (n *Node) Start(t testing.TB) {
+	t.Helper()
+	logf, err := os.OpenFile(n.LogPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	fmt.Fprintf(logf, "---- start %s\n", time.Now().Format(time.RFC3339Nano))
+	args := append([]string{"mount", "-config", n.CfgPath}, n.Config.Args...)
+	cmd := exec.Command(Binary(t), args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = append(os.Environ(), "GORACE=halt_on_error=1")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() {
+		cmd.Wait()
+		close(exited)
+	}()
+	n.mu.Lock()
+	n.cmd, n.exited = cmd, exited
+	n.mu.Unlock()
+
+	deadline := time.Now().Add(30 * time.Second)
+	for !n.Mounted() {
+		select {
+		case <-exited:
+			b, _ := os.ReadFile(n.LogPath)
+			t.Fatalf("litefs %s exited during start-up: %v\n%s", n.Config.Name, cmd.ProcessState, b)
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("litefs %s did not mount within 30s", n.Config.Name)
+		}
+	}
+}
+
+// Mounted reports whether the node's filesystem is mounted and answering.
+func (n *Node) Mounted() bool {
+	b, err := os.ReadFile("/proc/mounts")
+	if err != nil || !strings.Contains(string(b), " "+n.Mnt+" fuse.litefs ") {
+		return false
+	}
+	_, err = os.Stat(filepath.Join(n.Mnt, ".lag"))
+	return err == nil
+}
+
+// PID returns the process ID of the running node, or 0.
+func (n *Node) PID() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.cmd == nil {
+		return 0
+	}
+	return n.cmd.Process.Pid
+}
+
+// Running reports whether the node's process is alive.
+func (n *Node) Running() bool {
+	n.mu.Lock()
+	exited := n.exited
+	n.mu.Unlock()
+	if exited == nil {
+		return false
+	}
+	select {
+	case <-exited:
+		return false
+	default:
+		return true
+	}
+}
+
+// Signal sends sig to the node's process.
+func (n *Node) Signal(sig os.Signal) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.cmd == nil {
+		return errors.New("not running")
+	}
+	return n.cmd.Process.Signal(sig)
+}
+
+// Wait waits for the process to exit and returns its exit code.
+func (n *Node) Wait(t testing.TB, timeout time.Duration) int {
+	t.Helper()
+	n.mu.Lock()
+	cmd, exited := n.cmd, n.exited
+	n.mu.Unlock()
+	if cmd == nil {
+		t.Fatal("node not started")
+	}
+	select {
+	case <-exited:
+	case <-time.After(timeout):
+		t.Fatalf("litefs %s did not exit within %s", n.Config.Name, timeout)
+	}
+	return cmd.ProcessState.ExitCode()
+}
+
+// Stop shuts the node down with SIGTERM (SIGKILL after 15 s) and makes
+// sure its mount is gone. Safe to call when not running.
+func (n *Node) Stop(t testing.TB) {
+	t.Helper()
+	if n.Running() {
+		_ = n.Signal(syscall.SIGTERM)
+		n.mu.Lock()
+		exited := n.exited
+		n.mu.Unlock()
+		select {
+		case <-exited:
+		case <-time.After(15 * time.Second):
+			t.Errorf("litefs %s ignored SIGTERM for 15s; killing it", n.Config.Name)
+			_ = n.Signal(syscall.SIGKILL)
+			<-exited
+		}
+	}
+	n.detach()
+}
+
+// Kill stops the node with SIGKILL, as a crash would, and detaches the
+// mount it leaves behind.
+func (n *Node) Kill(t testing.TB) {
+	t.Helper()
+	if !n.Running() {
+		t.Fatalf("litefs %s is not running", n.Config.Name)
+	}
+	_ = n.Signal(syscall.SIGKILL)
+	n.mu.Lock()
+	exited := n.exited
+	n.mu.Unlock()
+	<-exited
+	n.detach()
+}
+
+func (n *Node) detach() {
+	if b, err := os.ReadFile("/proc/mounts"); err == nil && strings.Contains(string(b), " "+n.Mnt+" ") {
+		_ = exec.Command("fusermount3", "-u", "-z", n.Mnt).Run()
+	}
+}
+
+// Restart stops and starts the node.
+func (n *Node) Restart(t testing.TB) {
+	t.Helper()
+	n.Stop(t)
+	n.Start(t)
+}
+
+// Path returns the path of a file in the mount.
+func (n *Node) Path(name string) string { return filepath.Join(n.Mnt, name) }
+
+// LogDir returns the directory of a database's changeset log.
+func (n *Node) LogDir(db string) string { return filepath.Join(n.DataDir, "dbs", db, "log") }
+
+// Pos reads a database's position from its -pos file.
+func (n *Node) Pos(t testing.TB, db string) ltx.Pos {
+	t.Helper()
+	b, err := os.ReadFile(n.Path(db + "-pos"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := strings.TrimSuffix(string(b), "\n")
+	pos, err := ltx.ParsePos(s)
+	if err != nil {
+		t.Fatalf("parse %s-pos %q: %v", db, b, err)
+	}
+	return pos
+}
+
+// LogContains reports whether the node's log has a line containing s.
+func (n *Node) LogContains(s string) bool {
+	f, err := os.Open(n.LogPath)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		if strings.Contains(sc.Text(), s) {
+			return true
+		}
+	}
+	return false
+}
