@@ -123,6 +123,7 @@ func (s *Server) attr(n *node, a *bfuse.Attr) error {
 	case n.id == rootID:
 		a.Mode = os.ModeDir | 0o755
 		a.Nlink = 2
+		a.Mtime, a.Ctime, a.Atime = s.started, s.started, s.started
 		return nil
 	case n.status != "":
 		content, ok := s.statusContent(n.status)

@@ -38,14 +38,15 @@ type Options struct {
 
 // Server is a mounted filesystem.
 type Server struct {
-	dir    string
-	conn   *bfuse.Conn
-	store  *store.Store
-	logger *slog.Logger
-	debug  bool
-	status Status
-	uid    uint32
-	gid    uint32
+	dir     string
+	conn    *bfuse.Conn
+	store   *store.Store
+	logger  *slog.Logger
+	debug   bool
+	status  Status
+	uid     uint32
+	gid     uint32
+	started time.Time
 
 	nodes nodeTable
 
@@ -93,6 +94,7 @@ func Mount(dir string, st *store.Store, opts Options) (*Server, error) {
 		status:   opts.Status,
 		uid:      uint32(os.Getuid()),
 		gid:      uint32(os.Getgid()),
+		started:  time.Now(),
 		handles:  make(map[bfuse.HandleID]*handle),
 		nextFH:   1,
 		inflight: make(map[bfuse.RequestID]context.CancelFunc),

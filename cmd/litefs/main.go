@@ -33,6 +33,8 @@ func run(args []string) int {
 	switch cmd, rest := args[0], args[1:]; cmd {
 	case "mount":
 		err = runMount(rest)
+	case "log":
+		err = runLog(rest)
 	case "version":
 		fmt.Println("litefs", Version)
 	case "help", "-h", "-help", "--help":
@@ -67,6 +69,7 @@ Usage:
 Commands:
 
 	mount     mount the filesystem, join the cluster, run the application
+	log       list a database's changesets
 	version   print the version
 
 Run "litefs <command> -h" for a command's flags.

@@ -826,3 +826,20 @@ func TestParseMergeKeys(t *testing.T) {
 		})
 	}
 }
+
+// TestExampleFile checks that litefs.yml.example parses and documents
+// exactly the defaults.
+func TestExampleFile(t *testing.T) {
+	c, _, err := Load("../../litefs.yml.example", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := New()
+	want.Lease.Type = "static"
+	want.Exec = ExecConfigs{{Cmd: ""}}
+	want.Lease.Databases = []string{}
+	want.Proxy.Passthrough, want.Proxy.AlwaysForward = []string{}, []string{}
+	if !reflect.DeepEqual(c, want) {
+		t.Fatalf("litefs.yml.example does not match the defaults:\n got %+v\nwant %+v", c, want)
+	}
+}

@@ -11,11 +11,23 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"testing"
 	"time"
 
 	"github.com/litefs-project/litefs/ltx"
 )
+
+// T is the part of testing.TB the helpers use, so that programs other
+// than tests (the benchmark) can use them too.
+type T interface {
+	Helper()
+	Cleanup(func())
+	TempDir() string
+	Failed() bool
+	Logf(format string, args ...any)
+	Errorf(format string, args ...any)
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+}
 
 var (
 	buildOnce sync.Once
@@ -36,9 +48,15 @@ func Main(m interface{ Run() int }) int {
 	return code
 }
 
+// BinaryPath, when set, is used instead of building the binary.
+var BinaryPath string
+
 // Binary returns the path of the litefs binary under test.
-func Binary(t testing.TB) string {
+func Binary(t T) string {
 	t.Helper()
+	if BinaryPath != "" {
+		return BinaryPath
+	}
 	buildOnce.Do(func() {
 		buildDir, buildErr = os.MkdirTemp("", "litefs-test-bin-")
 		if buildErr != nil {
@@ -89,6 +107,10 @@ type NodeConfig struct {
 	Name  string // used in log output and directory names
 	Extra string // more YAML, appended to the generated config
 	Args  []string
+
+	// Production leaves out the test settings (strict verification after
+	// every commit, debug logs), for benchmarks.
+	Production bool
 }
 
 // Node is a litefs process with its mount and data directory.
@@ -103,13 +125,13 @@ type Node struct {
 	mu     sync.Mutex
 	cmd    *exec.Cmd
 	exited chan struct{}
-	t      testing.TB
+	t      T
 }
 
 // StartNode writes a config for a primary with a static lease (plus
 // cfg.Extra) and starts it. The node is stopped and unmounted when the
 // test ends, and its log is printed if the test failed.
-func StartNode(t testing.TB, cfg NodeConfig) *Node {
+func StartNode(t T, cfg NodeConfig) *Node {
 	t.Helper()
 	n := NewNode(t, cfg)
 	n.WriteConfig(t, "lease:\n  type: static\n  candidate: true\n"+cfg.Extra)
@@ -118,7 +140,7 @@ func StartNode(t testing.TB, cfg NodeConfig) *Node {
 }
 
 // NewNode prepares a node's directories without starting it.
-func NewNode(t testing.TB, cfg NodeConfig) *Node {
+func NewNode(t T, cfg NodeConfig) *Node {
 	t.Helper()
 	RequireFUSE(t)
 	if cfg.Name == "" {
@@ -146,17 +168,21 @@ func NewNode(t testing.TB, cfg NodeConfig) *Node {
 }
 
 // WriteConfig writes the node's litefs.yml: mount and data directories,
-// strict verification, debug logs, then body.
-func (n *Node) WriteConfig(t testing.TB, body string) {
+// strict verification and debug logs (unless Production), then body.
+func (n *Node) WriteConfig(t T, body string) {
 	t.Helper()
-	cfg := fmt.Sprintf("fuse:\n  dir: %q\ndata:\n  dir: %q\nstrict-verify: true\nlog:\n  debug: true\n  timestamp: true\n%s", n.Mnt, n.DataDir, body)
+	settings := "strict-verify: true\nlog:\n  debug: true\n  timestamp: true\n"
+	if n.Config.Production {
+		settings = "log:\n  timestamp: true\n"
+	}
+	cfg := fmt.Sprintf("fuse:\n  dir: %q\ndata:\n  dir: %q\n%s%s", n.Mnt, n.DataDir, settings, body)
 	if err := os.WriteFile(n.CfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
 }
 
 // Start runs the node and waits until its mount is ready.
-func (n *Node) Start(t testing.TB) {
+func (n *Node) Start(t T) {
 	t.Helper()
 	logf, err := os.OpenFile(n.LogPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
@@ -241,7 +267,7 @@ func (n *Node) Signal(sig os.Signal) error {
 }
 
 // Wait waits for the process to exit and returns its exit code.
-func (n *Node) Wait(t testing.TB, timeout time.Duration) int {
+func (n *Node) Wait(t T, timeout time.Duration) int {
 	t.Helper()
 	n.mu.Lock()
 	cmd, exited := n.cmd, n.exited
@@ -259,7 +285,7 @@ func (n *Node) Wait(t testing.TB, timeout time.Duration) int {
 
 // Stop shuts the node down with SIGTERM (SIGKILL after 15 s) and makes
 // sure its mount is gone. Safe to call when not running.
-func (n *Node) Stop(t testing.TB) {
+func (n *Node) Stop(t T) {
 	t.Helper()
 	if n.Running() {
 		_ = n.Signal(syscall.SIGTERM)
@@ -279,7 +305,7 @@ func (n *Node) Stop(t testing.TB) {
 
 // Kill stops the node with SIGKILL, as a crash would, and detaches the
 // mount it leaves behind.
-func (n *Node) Kill(t testing.TB) {
+func (n *Node) Kill(t T) {
 	t.Helper()
 	if !n.Running() {
 		t.Fatalf("litefs %s is not running", n.Config.Name)
@@ -299,7 +325,7 @@ func (n *Node) detach() {
 }
 
 // Restart stops and starts the node.
-func (n *Node) Restart(t testing.TB) {
+func (n *Node) Restart(t T) {
 	t.Helper()
 	n.Stop(t)
 	n.Start(t)
@@ -312,7 +338,7 @@ func (n *Node) Path(name string) string { return filepath.Join(n.Mnt, name) }
 func (n *Node) LogDir(db string) string { return filepath.Join(n.DataDir, "dbs", db, "log") }
 
 // Pos reads a database's position from its -pos file.
-func (n *Node) Pos(t testing.TB, db string) ltx.Pos {
+func (n *Node) Pos(t T, db string) ltx.Pos {
 	t.Helper()
 	b, err := os.ReadFile(n.Path(db + "-pos"))
 	if err != nil {

@@ -17,7 +17,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"testing"
 
 	_ "github.com/mattn/go-sqlite3" // the SQLite driver every test uses
 
@@ -26,7 +25,7 @@ import (
 
 // RequireFUSE fails the test when FUSE mounts are impossible here. It does
 // not skip: a suite that silently skips its real-mount tests proves nothing.
-func RequireFUSE(t testing.TB) {
+func RequireFUSE(t T) {
 	t.Helper()
 	if _, err := os.Stat("/dev/fuse"); err != nil {
 		t.Fatalf("FUSE is unavailable (%v); the integration tests need /dev/fuse", err)
@@ -39,7 +38,7 @@ func RequireFUSE(t testing.TB) {
 // OpenDB opens a database with a real SQLite driver. mode is a journal
 // mode (DELETE, TRUNCATE, PERSIST, WAL); the connection waits up to 10 s
 // for locks.
-func OpenDB(t testing.TB, path, mode string) *sql.DB {
+func OpenDB(t T, path, mode string) *sql.DB {
 	t.Helper()
 	dsn := fmt.Sprintf("file:%s?_busy_timeout=10000&_journal_mode=%s&_txlock=immediate", path, mode)
 	db, err := sql.Open("sqlite3", dsn)
@@ -54,7 +53,7 @@ func OpenDB(t testing.TB, path, mode string) *sql.DB {
 }
 
 // Exec runs a statement on db, failing the test on error.
-func Exec(t testing.TB, db *sql.DB, query string, args ...any) {
+func Exec(t T, db *sql.DB, query string, args ...any) {
 	t.Helper()
 	if _, err := db.Exec(query, args...); err != nil {
 		t.Fatalf("%s: %v", query, err)
@@ -68,7 +67,7 @@ func Series(n int) string {
 }
 
 // IntegrityCheck fails the test unless PRAGMA integrity_check says ok.
-func IntegrityCheck(t testing.TB, db *sql.DB) {
+func IntegrityCheck(t T, db *sql.DB) {
 	t.Helper()
 	var res string
 	if err := db.QueryRow("PRAGMA integrity_check").Scan(&res); err != nil {
@@ -80,7 +79,7 @@ func IntegrityCheck(t testing.TB, db *sql.DB) {
 }
 
 // Count returns the number of rows in table.
-func Count(t testing.TB, db *sql.DB, table string) int {
+func Count(t T, db *sql.DB, table string) int {
 	t.Helper()
 	var n int
 	if err := db.QueryRow(fmt.Sprintf("SELECT count(*) FROM %q", table)).Scan(&n); err != nil {
@@ -91,7 +90,7 @@ func Count(t testing.TB, db *sql.DB, table string) int {
 
 // Digest returns a summary of every table's rows (name, count, and a hash
 // of the ordered contents), for comparing two copies of a database.
-func Digest(t testing.TB, db *sql.DB) string {
+func Digest(t T, db *sql.DB) string {
 	t.Helper()
 	rows, err := db.Query("SELECT name FROM sqlite_schema WHERE type='table' ORDER BY name")
 	if err != nil {
@@ -141,7 +140,7 @@ func Digest(t testing.TB, db *sql.DB) string {
 }
 
 // FileChecksum returns the LTX checksum of a plain database file.
-func FileChecksum(t testing.TB, path string, pageSize int) ltx.Checksum {
+func FileChecksum(t T, path string, pageSize int) ltx.Checksum {
 	t.Helper()
 	f, err := os.Open(path)
 	if err != nil {
@@ -160,7 +159,7 @@ func FileChecksum(t testing.TB, path string, pageSize int) ltx.Checksum {
 // is decoded and verified, and the file's checksum is compared with each
 // changeset's post-apply checksum. The log is opened read-only, so a
 // running node may be appending to it.
-func ReplayLog(t testing.TB, logDir string) (string, ltx.Pos) {
+func ReplayLog(t T, logDir string) (string, ltx.Pos) {
 	t.Helper()
 	l, err := ltx.OpenLog(logDir, ltx.Options{ReadOnly: true})
 	if err != nil {

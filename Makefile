@@ -1,0 +1,42 @@
+# litefs: a FUSE filesystem of replicated SQLite databases.
+#
+#   make demo    build, install what is missing, run a small cluster and show it working
+#   make test    run every test (race detector on), as CI does
+#   make bench   measure litefs against plain SQLite on this machine
+#   make lint    go vet, gofmt and staticcheck
+
+GO          ?= go
+BIN         := bin
+STATICCHECK := $(BIN)/staticcheck
+
+.PHONY: all build deps test bench demo lint clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/litefs ./cmd/litefs
+
+deps:
+	@scripts/deps.sh
+
+test: deps
+	$(GO) vet ./...
+	@unformatted="$$(gofmt -l .)"; if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
+	$(GO) test -race -timeout 25m ./...
+
+bench: deps build
+	$(GO) run ./cmd/litefs-bench -litefs $(BIN)/litefs
+
+demo: deps build
+	@scripts/demo.sh $(BIN)/litefs
+
+$(STATICCHECK):
+	GOBIN=$(abspath $(BIN)) $(GO) install honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
+lint: $(STATICCHECK)
+	$(GO) vet ./...
+	@unformatted="$$(gofmt -l .)"; if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
+	$(STATICCHECK) ./...
+
+clean:
+	rm -rf $(BIN)
