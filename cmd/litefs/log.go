@@ -22,6 +22,8 @@ func runLog(args []string) error {
 	name := fs.String("name", "", "database name (required)")
 	limit := fs.Int("n", 20, "show the newest n changesets; 0 for all")
 	verify := fs.Bool("verify", false, "decode every changeset and check its file checksum")
+	replay := fs.String("replay", "", "rebuild the database from its changesets into this file, verifying every one")
+	upTo := fs.Uint64("txid", 0, "with -replay, stop after this transaction (default: the newest)")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: litefs log -name DB [flags]")
 		fs.PrintDefaults()
@@ -50,6 +52,9 @@ func runLog(args []string) error {
 		return err
 	}
 	defer l.Close()
+	if *replay != "" {
+		return replayLog(l, *replay, ltx.TXID(*upTo))
+	}
 
 	base, pos := l.Base(), l.Pos()
 	fmt.Printf("database %s: position %s, changesets %s..%s\n\n", *name, pos, base.TXID+1, pos.TXID)
@@ -78,4 +83,22 @@ func runLog(args []string) error {
 			info.Header.PreApplyChecksum, info.Trailer.PostApplyChecksum)
 	}
 	return w.Flush()
+}
+
+// replayLog rebuilds a database file from a log.
+func replayLog(l *ltx.Log, path string, upTo ltx.TXID) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return fmt.Errorf("replay: %w", err)
+	}
+	pos, err := l.Replay(f, upTo)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(path)
+		return err
+	}
+	fmt.Printf("rebuilt %s at position %s\n", path, pos)
+	return nil
 }

@@ -30,10 +30,9 @@ type T interface {
 }
 
 var (
-	buildOnce sync.Once
-	buildDir  string
-	buildPath string
-	buildErr  error
+	buildMu    sync.Mutex
+	buildDir   string
+	buildPaths = map[bool]string{} // by race detector on/off
 )
 
 // Main runs a package's tests with a litefs binary built for them (with
@@ -48,36 +47,59 @@ func Main(m interface{ Run() int }) int {
 	return code
 }
 
-// BinaryPath, when set, is used instead of building the binary.
-var BinaryPath string
+// BinaryPath, when set, is used instead of building the binary. It
+// defaults to $LITEFS_TEST_BINARY.
+var BinaryPath = os.Getenv("LITEFS_TEST_BINARY")
 
-// Binary returns the path of the litefs binary under test.
+// Binary returns the path of the litefs binary under test, built with the
+// race detector when the tests run with it.
 func Binary(t T) string {
 	t.Helper()
 	if BinaryPath != "" {
 		return BinaryPath
 	}
-	buildOnce.Do(func() {
-		buildDir, buildErr = os.MkdirTemp("", "litefs-test-bin-")
-		if buildErr != nil {
-			return
-		}
-		buildPath = filepath.Join(buildDir, "litefs")
-		args := []string{"build", "-o", buildPath}
-		if raceEnabled {
-			args = append(args, "-race")
-		}
-		args = append(args, "./cmd/litefs")
-		cmd := exec.Command("go", args...)
-		cmd.Dir = moduleRoot()
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build litefs: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
+	return build(t, raceEnabled)
+}
+
+// FastBinary returns a litefs binary built without the race detector, for
+// tests whose volume of data would make an instrumented binary too slow.
+func FastBinary(t T) string {
+	t.Helper()
+	if BinaryPath != "" {
+		return BinaryPath
 	}
-	return buildPath
+	return build(t, false)
+}
+
+func build(t T, race bool) string {
+	t.Helper()
+	buildMu.Lock()
+	defer buildMu.Unlock()
+	if p := buildPaths[race]; p != "" {
+		return p
+	}
+	if buildDir == "" {
+		dir, err := os.MkdirTemp("", "litefs-test-bin-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		buildDir = dir
+	}
+	path := filepath.Join(buildDir, "litefs")
+	args := []string{"build", "-o"}
+	if race {
+		path += "-race"
+		args = append(args, path, "-race")
+	} else {
+		args = append(args, path)
+	}
+	cmd := exec.Command("go", append(args, "./cmd/litefs")...)
+	cmd.Dir = moduleRoot()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build litefs: %v\n%s", err, out)
+	}
+	buildPaths[race] = path
+	return path
 }
 
 // moduleRoot finds the repository root from this source file's location.
@@ -108,9 +130,17 @@ type NodeConfig struct {
 	Extra string // more YAML, appended to the generated config
 	Args  []string
 
+	// Retention and RetentionMonitorInterval set data.retention and
+	// data.retention-monitor-interval when non-zero.
+	Retention                time.Duration
+	RetentionMonitorInterval time.Duration
+
 	// Production leaves out the test settings (strict verification after
 	// every commit, debug logs), for benchmarks.
 	Production bool
+
+	// Fast runs a binary built without the race detector.
+	Fast bool
 }
 
 // Node is a litefs process with its mount and data directory.
@@ -175,7 +205,14 @@ func (n *Node) WriteConfig(t T, body string) {
 	if n.Config.Production {
 		settings = "log:\n  timestamp: true\n"
 	}
-	cfg := fmt.Sprintf("fuse:\n  dir: %q\ndata:\n  dir: %q\n%s%s", n.Mnt, n.DataDir, settings, body)
+	data := fmt.Sprintf("data:\n  dir: %q\n", n.DataDir)
+	if d := n.Config.Retention; d > 0 {
+		data += fmt.Sprintf("  retention: %s\n", d)
+	}
+	if d := n.Config.RetentionMonitorInterval; d > 0 {
+		data += fmt.Sprintf("  retention-monitor-interval: %s\n", d)
+	}
+	cfg := fmt.Sprintf("fuse:\n  dir: %q\n%s%s%s", n.Mnt, data, settings, body)
 	if err := os.WriteFile(n.CfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -191,7 +228,11 @@ func (n *Node) Start(t T) {
 	defer logf.Close()
 	fmt.Fprintf(logf, "---- start %s\n", time.Now().Format(time.RFC3339Nano))
 	args := append([]string{"mount", "-config", n.CfgPath}, n.Config.Args...)
-	cmd := exec.Command(Binary(t), args...)
+	bin := Binary(t)
+	if n.Config.Fast {
+		bin = FastBinary(t)
+	}
+	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), "GORACE=halt_on_error=1")
 	if err := cmd.Start(); err != nil {
