@@ -41,11 +41,8 @@ func (db *DB) writeDatabase(p []byte, off int64) (int, error) {
 		return 0, fmt.Errorf("write of %d bytes to %s at offset %d: %w (page size %d)", len(p), db.name, off, ErrUnaligned, pageSize)
 	}
 
-	n, err := db.dbFile.WriteAt(p, off)
-	if err != nil {
-		return n, fmt.Errorf("write %s: %w", db.name, err)
-	}
-	db.filePageSize = pageSize
+	// Pages are marked dirty before the write: a write that fails half way
+	// still changed the file, and the commit reads back what is there.
 	first := uint32(off/int64(pageSize)) + 1
 	for i := uint32(0); i < uint32(len(p))/pageSize; i++ {
 		pgno := first + i
@@ -53,6 +50,11 @@ func (db *DB) writeDatabase(p []byte, off int64) (int, error) {
 			db.tx.dirty[pgno] = struct{}{}
 		}
 	}
+	n, err := db.dbFile.WriteAt(p, off)
+	if err != nil {
+		return n, fmt.Errorf("write %s: %w", db.name, err)
+	}
+	db.filePageSize = pageSize
 	return n, nil
 }
 
@@ -217,9 +219,10 @@ func (db *DB) writeWAL(p []byte, off int64) (int, error) {
 		return n, nil
 	}
 	if err := db.commitWAL(w.commitEnd, end); err != nil {
-		// Drop the uncommitted frames so that no later WAL recovery can
-		// resurrect a transaction whose commit failed.
-		_ = db.wal.Truncate(w.commitEnd)
+		// SQLite sees the write fail and rolls the transaction back; its
+		// next transaction overwrites these frames. The frames are left in
+		// place: the kernel may have split SQLite's write, and SQLite
+		// retries the rest of a short write, so they may yet be committed.
 		return 0, err
 	}
 	return n, nil
@@ -237,7 +240,7 @@ func (db *DB) commitWAL(start, end int64) error {
 		}
 		hdr := sqlite.ParseWALFrameHeader(fh)
 		if hdr.Salt1 != w.hdr.Salt1 || hdr.Salt2 != w.hdr.Salt2 {
-			return fmt.Errorf("commit %s: wal frame at offset %d has salts from another generation: %w", db.name, off, syscall.EIO)
+			return fmt.Errorf("commit %s: wal frame at offset %d (txn %d-%d) has salts %x/%x, wal header %x/%x: %w", db.name, off, start, end, hdr.Salt1, hdr.Salt2, w.hdr.Salt1, w.hdr.Salt2, syscall.EIO)
 		}
 		txn.Frames = append(txn.Frames, sqlite.WALFrameRef{Pgno: hdr.Pgno, Offset: off})
 		txn.Commit = hdr.Commit
