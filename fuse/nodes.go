@@ -71,6 +71,13 @@ func (t *nodeTable) ref(name string, db *store.DB, kind store.FileKind, status s
 	return n
 }
 
+// named returns the node the kernel knows for name, or nil.
+func (t *nodeTable) named(name string) *node {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.byName[name]
+}
+
 // unlink detaches name from its node; the node lives on while referenced.
 func (t *nodeTable) unlink(name string) {
 	t.mu.Lock()
@@ -265,7 +272,10 @@ func (s *Server) create(r *bfuse.CreateRequest) {
 // write a readonly database".
 func (s *Server) failOpen(r bfuse.Request, op, name string, err error) {
 	if errno(err) == syscall.EROFS {
-		err = syscall.EACCES
+		// Routine on a replica: every reader's connection asks first.
+		s.logger.Debug("fuse: refused to open for writing on a read-only node", "file", name)
+		r.RespondError(syscall.EACCES)
+		return
 	}
 	s.fail(r, op, name, err)
 }

@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/debug"
 	"sync"
 	"syscall"
 	"time"
@@ -218,8 +219,16 @@ func (s *Server) interrupt(r *bfuse.InterruptRequest) {
 	r.Respond()
 }
 
-// handle dispatches one request. It runs on the serve loop.
+// handle dispatches one request. It runs on the serve loop. A panic in a
+// handler is a bug; it is logged with its stack and the request fails with
+// EIO, rather than taking the mount, and every application using it, down.
 func (s *Server) handle(req bfuse.Request) {
+	defer func() {
+		if v := recover(); v != nil {
+			s.logger.Error("fuse: panic handling request", "req", req.String(), "panic", v, "stack", string(debug.Stack()))
+			req.RespondError(syscall.EIO)
+		}
+	}()
 	switch r := req.(type) {
 	case *bfuse.LookupRequest:
 		s.lookup(r)

@@ -50,6 +50,9 @@ func (db *DB) writeDatabase(p []byte, off int64) (int, error) {
 			db.tx.dirty[pgno] = struct{}{}
 		}
 	}
+	if err := db.beforeDatabaseWrite(off, int64(len(p))); err != nil {
+		return 0, err
+	}
 	n, err := db.dbFile.WriteAt(p, off)
 	if err != nil {
 		return n, fmt.Errorf("write %s: %w", db.name, err)
@@ -60,6 +63,9 @@ func (db *DB) writeDatabase(p []byte, off int64) (int, error) {
 
 // truncateDatabase handles a truncation of the database file.
 func (db *DB) truncateDatabase(size int64) error {
+	if err := db.beforeDatabaseTruncate(size); err != nil {
+		return err
+	}
 	if err := db.dbFile.Truncate(size); err != nil {
 		return fmt.Errorf("truncate %s: %w", db.name, err)
 	}
@@ -183,6 +189,9 @@ func (db *DB) commitRollback() error {
 
 // writeWAL handles a write to the WAL file. Caller holds db.mu.
 func (db *DB) writeWAL(p []byte, off int64) (int, error) {
+	if err := db.beforeWALWrite(off, int64(len(p))); err != nil {
+		return 0, err
+	}
 	n, err := db.wal.WriteAt(p, off)
 	if err != nil {
 		return n, fmt.Errorf("write wal of %s: %w", db.name, err)
@@ -295,6 +304,9 @@ func (db *DB) applyWALTxn(txn sqlite.WALTxn) error {
 }
 
 func (db *DB) truncateWAL(size int64) error {
+	if err := db.beforeWALTruncate(size); err != nil {
+		return err
+	}
 	if err := db.wal.Truncate(size); err != nil {
 		return fmt.Errorf("truncate wal of %s: %w", db.name, err)
 	}
@@ -307,6 +319,9 @@ func (db *DB) truncateWAL(size int64) error {
 }
 
 func (db *DB) removeWAL() error {
+	if err := db.beforeWALTruncate(0); err != nil {
+		return err
+	}
 	if err := db.wal.Truncate(0); err != nil {
 		return fmt.Errorf("remove wal of %s: %w", db.name, err)
 	}

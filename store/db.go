@@ -64,6 +64,7 @@ type DB struct {
 	pos           ltx.Pos
 	tx            rollbackTx // rollback-journal transaction in progress
 	walState      walState
+	views         []*view       // pinned by snapshots being read out
 	changed       chan struct{} // closed and replaced on every commit
 	closed        bool
 }
@@ -403,6 +404,7 @@ func (db *DB) resizeSHM(size int64) {
 func (db *DB) notifyLocked() {
 	close(db.changed)
 	db.changed = make(chan struct{})
+	db.store.notify()
 }
 
 // WaitPos blocks until the database reaches txid or ctx ends.

@@ -44,6 +44,10 @@ type Store struct {
 
 	mu  sync.Mutex
 	dbs map[string]*DB
+	inv Invalidator
+
+	changeMu sync.Mutex
+	changed  chan struct{} // closed and replaced on any change
 
 	writable atomic.Bool
 
@@ -69,8 +73,9 @@ func Open(opts Options) (*Store, error) {
 	s := &Store{
 		opts:   opts,
 		logger: opts.Logger,
-		dbs:    make(map[string]*DB),
-		stop:   make(chan struct{}),
+		dbs:     make(map[string]*DB),
+		changed: make(chan struct{}),
+		stop:    make(chan struct{}),
 	}
 	s.writable.Store(true)
 	if err := os.MkdirAll(s.dbsDir(), 0o755); err != nil {
@@ -172,8 +177,13 @@ func (s *Store) DBs() []*DB {
 	return dbs
 }
 
-// CreateDB creates an empty database, or returns the existing one.
+// CreateDB creates an empty database, or returns the existing one. Only a
+// writable node creates databases; replicas get theirs from the primary.
 func (s *Store) CreateDB(name string) (*DB, error) {
+	return s.createDB(name, false)
+}
+
+func (s *Store) createDB(name string, replicated bool) (*DB, error) {
 	if err := ValidateName(name); err != nil {
 		return nil, err
 	}
@@ -182,7 +192,7 @@ func (s *Store) CreateDB(name string) (*DB, error) {
 	if db := s.dbs[name]; db != nil {
 		return db, nil
 	}
-	if !s.Writable() {
+	if !replicated && !s.Writable() {
 		return nil, fmt.Errorf("create database %q: %w", name, ErrReadOnly)
 	}
 	if err := os.MkdirAll(filepath.Join(s.dbsDir(), name), 0o755); err != nil {
@@ -194,6 +204,7 @@ func (s *Store) CreateDB(name string) (*DB, error) {
 	}
 	s.dbs[name] = db
 	s.logger.Info("database created", "db", name)
+	s.notify()
 	return db, nil
 }
 
@@ -202,6 +213,10 @@ func (s *Store) DeleteDB(name string) error {
 	if !s.Writable() {
 		return fmt.Errorf("delete database %q: %w", name, ErrReadOnly)
 	}
+	return s.deleteDB(name)
+}
+
+func (s *Store) deleteDB(name string) error {
 	s.mu.Lock()
 	db := s.dbs[name]
 	delete(s.dbs, name)
@@ -225,6 +240,7 @@ func (s *Store) DeleteDB(name string) error {
 		return fmt.Errorf("delete database %q: %w", name, err)
 	}
 	s.logger.Info("database deleted", "db", name)
+	s.notify()
 	return nil
 }
 

@@ -12,9 +12,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/litefs-project/litefs/fuse"
 	"github.com/litefs-project/litefs/internal/config"
-	"github.com/litefs-project/litefs/store"
 )
 
 // unmountTimeout is how long shutdown waits for a busy mount to be released
@@ -61,14 +59,17 @@ func runMount(args []string) error {
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	defer signal.Stop(sigs)
 
-	node := &mountedNode{cfg: cfg, logger: logger}
-	if err := node.open(); err != nil {
+	n := &node{cfg: cfg, logger: logger}
+	if err := n.open(); err != nil {
 		return err
 	}
-	runErr := runCommands(cmds, sigs, logger)
+	var runErr error
+	if n.waitReady(sigs, cfg.SkipSync) {
+		runErr = runCommands(cmds, sigs, logger)
+	}
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), unmountTimeout)
 	defer cancel()
-	if err := node.close(shutdownCtx); err != nil {
+	if err := n.close(shutdownCtx); err != nil {
 		logger.Error("shutdown", "err", err)
 		if runErr == nil {
 			runErr = err
@@ -77,61 +78,26 @@ func runMount(args []string) error {
 	return runErr
 }
 
-// mountedNode is a running litefs node: its store and its mount.
-type mountedNode struct {
-	cfg    config.Config
-	logger *slog.Logger
-	store  *store.Store
-	fuse   *fuse.Server
-}
-
-func (n *mountedNode) open() error {
-	if n.cfg.Tracing.Path != "" {
-		n.logger.Warn("tracing.path is set, but litefs writes no trace file; ignoring it")
+// waitReady waits until the node is primary or caught up with the primary
+// before the application starts, unless skip-sync is set. It returns false
+// if a signal asked litefs to stop first.
+func (n *node) waitReady(sigs <-chan os.Signal, skip bool) bool {
+	if skip {
+		return true
 	}
-	st, err := store.Open(store.Options{
-		Dir:                      n.cfg.Data.Dir,
-		Retention:                n.cfg.Data.Retention,
-		RetentionMonitorInterval: n.cfg.Data.RetentionMonitorInterval,
-		StrictVerify:             n.cfg.StrictVerify,
-		Logger:                   n.logger,
-	})
-	if err != nil {
-		return err
+	select {
+	case <-n.ready:
+		return true
+	case <-time.After(time.Second):
+		n.logger.Info("waiting to be primary or in sync with the primary before starting the application")
 	}
-	n.store = st
-	st.SetWritable(n.cfg.Lease.Type == "static" && n.cfg.Lease.Candidate)
-	for _, db := range st.DBs() {
-		n.logger.Info("database ready", "db", db.Name(), "pos", db.Pos().String())
+	select {
+	case <-n.ready:
+		return true
+	case sig := <-sigs:
+		n.logger.Info("signal received, shutting down", "signal", sig.String())
+		return false
 	}
-
-	srv, err := fuse.Mount(n.cfg.FUSE.Dir, st, fuse.Options{
-		AllowOther: n.cfg.FUSE.AllowOther,
-		Debug:      n.cfg.FUSE.Debug,
-		Logger:     n.logger,
-	})
-	if err != nil {
-		_ = st.Close()
-		return err
-	}
-	n.fuse = srv
-	n.logger.Info("mounted", "dir", n.cfg.FUSE.Dir, "data", n.cfg.Data.Dir, "primary", st.Writable())
-	return nil
-}
-
-func (n *mountedNode) close(ctx context.Context) error {
-	var errs []error
-	if n.fuse != nil {
-		if err := n.fuse.Unmount(ctx); err != nil {
-			errs = append(errs, err)
-		} else {
-			n.logger.Info("unmounted", "dir", n.cfg.FUSE.Dir)
-		}
-	}
-	if n.store != nil {
-		errs = append(errs, n.store.Close())
-	}
-	return errors.Join(errs...)
 }
 
 // command is one program to run once the filesystem is mounted.

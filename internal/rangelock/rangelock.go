@@ -100,6 +100,24 @@ func (t *Table) Lock(ctx context.Context, req Lock) error {
 	}
 }
 
+// Wait blocks until done, called with the held locks, returns true, or
+// until ctx ends. done must not call back into the table.
+func (t *Table) Wait(ctx context.Context, done func([]Lock) bool) error {
+	for {
+		t.mu.Lock()
+		ok, ch := done(t.locks), t.changed
+		t.mu.Unlock()
+		if ok {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
 // Conflict returns a lock that would block req (F_GETLK), if any.
 func (t *Table) Conflict(req Lock) (Lock, bool) {
 	t.mu.Lock()

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -145,8 +146,9 @@ type NodeConfig struct {
 
 // Node is a litefs process with its mount and data directory.
 type Node struct {
-	Config  NodeConfig
-	Root    string
+	Config   NodeConfig
+	HTTPAddr string // loopback address of its API
+	Root     string
 	Mnt     string
 	DataDir string
 	CfgPath string
@@ -164,9 +166,38 @@ type Node struct {
 func StartNode(t T, cfg NodeConfig) *Node {
 	t.Helper()
 	n := NewNode(t, cfg)
-	n.WriteConfig(t, "lease:\n  type: static\n  candidate: true\n"+cfg.Extra)
+	n.WriteConfig(t, fmt.Sprintf("lease:\n  type: static\n  candidate: true\n  hostname: %s\n%s", cfg.Name, cfg.Extra))
 	n.Start(t)
 	return n
+}
+
+// StartReplica starts a node that replicates from primary with a static
+// lease.
+func StartReplica(t T, primary *Node, cfg NodeConfig) *Node {
+	t.Helper()
+	n := NewNode(t, cfg)
+	n.WriteConfig(t, n.ReplicaLease(primary)+cfg.Extra)
+	n.Start(t)
+	return n
+}
+
+// ReplicaLease returns the lease section of a static replica of primary.
+func (n *Node) ReplicaLease(primary *Node) string {
+	return fmt.Sprintf("lease:\n  type: static\n  candidate: false\n  hostname: %s\n  advertise-url: %s\n", primary.Config.Name, primary.URL())
+}
+
+// URL returns the base URL of the node's API.
+func (n *Node) URL() string { return "http://" + n.HTTPAddr }
+
+// FreeAddr returns a loopback address whose port is free right now.
+func FreeAddr(t T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }
 
 // NewNode prepares a node's directories without starting it.
@@ -178,8 +209,9 @@ func NewNode(t T, cfg NodeConfig) *Node {
 	}
 	root := t.TempDir()
 	n := &Node{
-		Config:  cfg,
-		Root:    root,
+		Config:   cfg,
+		HTTPAddr: FreeAddr(t),
+		Root:     root,
 		Mnt:     filepath.Join(root, "mnt"),
 		DataDir: filepath.Join(root, "data"),
 		CfgPath: filepath.Join(root, "litefs.yml"),
@@ -212,7 +244,7 @@ func (n *Node) WriteConfig(t T, body string) {
 	if d := n.Config.RetentionMonitorInterval; d > 0 {
 		data += fmt.Sprintf("  retention-monitor-interval: %s\n", d)
 	}
-	cfg := fmt.Sprintf("fuse:\n  dir: %q\n%s%s%s", n.Mnt, data, settings, body)
+	cfg := fmt.Sprintf("fuse:\n  dir: %q\n%shttp:\n  addr: %q\n%s%s", n.Mnt, data, n.HTTPAddr, settings, body)
 	if err := os.WriteFile(n.CfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -408,4 +440,32 @@ func (n *Node) LogContains(s string) bool {
 		}
 	}
 	return false
+}
+
+// WaitPos waits until db on n reaches pos, failing the test after timeout.
+func (n *Node) WaitPos(t T, db string, pos ltx.Pos, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var last string
+	for time.Now().Before(deadline) {
+		b, err := os.ReadFile(n.Path(db + "-pos"))
+		if err == nil && strings.TrimSpace(string(b)) == pos.String() {
+			return
+		}
+		last = fmt.Sprintf("%q (%v)", b, err)
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("%s: %s did not reach %s within %s; last seen %s", n.Config.Name, db, pos, timeout, last)
+}
+
+// WaitLog waits until the node's log has a line containing s.
+func (n *Node) WaitLog(t T, s string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !n.LogContains(s) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: no log line containing %q within %s", n.Config.Name, s, timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

@@ -1,0 +1,257 @@
+package http
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/litefs-project/litefs/ltx"
+	"github.com/litefs-project/litefs/store"
+)
+
+// spoolMemory is the largest changeset held in memory while it is being
+// received; larger ones are spooled to a temporary file.
+const spoolMemory = 4 << 20
+
+// Replicator keeps a replica's store in step with the primary: it opens a
+// stream, verifies and applies what arrives, and tracks how far behind the
+// primary it is.
+type Replicator struct {
+	store     *store.Store
+	logger    *slog.Logger
+	client    *http.Client
+	databases []string
+	heartbeat time.Duration
+
+	mu        sync.Mutex
+	connected bool
+	ready     chan struct{} // closed on the first ready frame
+	readyOnce sync.Once
+	caughtUp  time.Time // when the primary last said there was nothing more
+	lastTx    time.Time // commit time of the last changeset applied
+}
+
+// ReplicatorOptions configures a Replicator.
+type ReplicatorOptions struct {
+	Databases         []string      // replicate only these; empty for all
+	HeartbeatInterval time.Duration // the primary's, to judge staleness
+	Logger            *slog.Logger
+}
+
+// NewReplicator returns a replicator applying to st.
+func NewReplicator(st *store.Store, opts ReplicatorOptions) *Replicator {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.HeartbeatInterval <= 0 {
+		opts.HeartbeatInterval = DefaultHeartbeatInterval
+	}
+	return &Replicator{
+		store:     st,
+		logger:    opts.Logger,
+		client:    &http.Client{Transport: &http.Transport{Proxy: nil, DisableCompression: true}},
+		databases: opts.Databases,
+		heartbeat: opts.HeartbeatInterval,
+		ready:     make(chan struct{}),
+	}
+}
+
+// Ready is closed once this node has caught up with the primary for the
+// first time.
+func (r *Replicator) Ready() <-chan struct{} { return r.ready }
+
+// Lag returns how far behind the primary this node is: zero while the
+// primary's heartbeats say there is nothing more, else the age of the last
+// transaction applied; the maximum when it never caught up.
+func (r *Replicator) Lag() time.Duration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.connected && !r.caughtUp.IsZero() && time.Since(r.caughtUp) < 3*r.heartbeat {
+		return 0
+	}
+	last := r.lastTx
+	if r.caughtUp.After(last) {
+		last = r.caughtUp
+	}
+	if last.IsZero() {
+		return math.MaxInt32 * time.Millisecond
+	}
+	return time.Since(last)
+}
+
+// Stream connects to the primary at baseURL and applies its stream until
+// the stream ends, ctx ends, or something fails verification. It always
+// returns an error saying why it stopped.
+func (r *Replicator) Stream(ctx context.Context, baseURL string) error {
+	req := StreamRequest{
+		NodeID:    fmt.Sprintf("%016X", r.store.NodeID()),
+		Positions: r.store.Positions(),
+		Databases: r.databases,
+	}
+	body, err := json.Marshal(req)
+	if err != nil {
+		return err
+	}
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(baseURL, "/")+"/stream", bytes.NewReader(body))
+	if err != nil {
+		return fmt.Errorf("stream from %s: %w", baseURL, err)
+	}
+	hreq.Header.Set("Content-Type", "application/json")
+	resp, err := r.client.Do(hreq)
+	if err != nil {
+		return fmt.Errorf("stream from %s: %w", baseURL, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		var e Error
+		json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&e)
+		return fmt.Errorf("stream from %s: %s: %s", baseURL, resp.Status, e.Error)
+	}
+
+	r.setConnected(true)
+	defer r.setConnected(false)
+	r.logger.Info("connected to primary", "url", baseURL)
+	fr := NewFrameReader(resp.Body)
+	for {
+		f, payload, err := fr.Next()
+		if err != nil {
+			return fmt.Errorf("stream from %s: %w", baseURL, err)
+		}
+		if err := r.handle(ctx, f, payload); err != nil {
+			return fmt.Errorf("stream from %s: %s %s: %w", baseURL, f.Type, f.Name, err)
+		}
+	}
+}
+
+func (r *Replicator) handle(ctx context.Context, f Frame, payload io.Reader) error {
+	switch f.Type {
+	case FrameChangeset:
+		return r.applyChangeset(ctx, f.Name, payload)
+	case FrameSnapshot:
+		pos, err := r.store.ApplySnapshot(ctx, f.Name, payload)
+		if err != nil {
+			return err
+		}
+		r.logger.Info("snapshot applied", "db", f.Name, "pos", pos.String())
+		return nil
+	case FrameDrop:
+		if _, err := io.Copy(io.Discard, payload); err != nil {
+			return err
+		}
+		r.logger.Info("database deleted on the primary", "db", f.Name)
+		return r.store.DropDB(f.Name)
+	case FrameReady:
+		if _, err := io.Copy(io.Discard, payload); err != nil {
+			return err
+		}
+		r.readyOnce.Do(func() { close(r.ready) })
+		r.markCaughtUp()
+		r.logger.Info("caught up with the primary")
+		return nil
+	case FrameHeartbeat:
+		if _, err := io.Copy(io.Discard, payload); err != nil {
+			return err
+		}
+		r.markCaughtUp()
+		return nil
+	}
+	return fmt.Errorf("%w: unexpected type %d", ErrBadFrame, f.Type)
+}
+
+// applyChangeset receives a changeset completely, which verifies the
+// frame's checksum, before the store verifies and applies it.
+func (r *Replicator) applyChangeset(ctx context.Context, name string, payload io.Reader) error {
+	sp := &spool{dir: r.store.Dir()}
+	defer sp.Close()
+	if _, err := io.Copy(sp, payload); err != nil {
+		return err
+	}
+	hdr, err := ltx.DecodeHeader(io.NewSectionReader(sp, 0, sp.size))
+	if err != nil {
+		return err
+	}
+	if _, err := r.store.ApplyChangeset(ctx, name, sp, sp.size); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	if t := time.UnixMilli(hdr.Timestamp); t.After(r.lastTx) {
+		r.lastTx = t
+	}
+	r.caughtUp = time.Time{} // more may follow; the next heartbeat says when not
+	r.mu.Unlock()
+	return nil
+}
+
+func (r *Replicator) markCaughtUp() {
+	r.mu.Lock()
+	r.caughtUp = time.Now()
+	r.mu.Unlock()
+}
+
+func (r *Replicator) setConnected(v bool) {
+	r.mu.Lock()
+	r.connected = v
+	r.mu.Unlock()
+}
+
+// spool holds one received payload, in memory up to spoolMemory and in a
+// temporary file beyond.
+type spool struct {
+	dir  string
+	mem  []byte
+	file *os.File
+	size int64
+}
+
+func (s *spool) Write(p []byte) (int, error) {
+	if s.file == nil && len(s.mem)+len(p) <= spoolMemory {
+		s.mem = append(s.mem, p...)
+		s.size += int64(len(p))
+		return len(p), nil
+	}
+	if s.file == nil {
+		f, err := os.CreateTemp(s.dir, ".spool-*")
+		if err != nil {
+			return 0, err
+		}
+		os.Remove(f.Name())
+		if _, err := f.Write(s.mem); err != nil {
+			f.Close()
+			return 0, err
+		}
+		s.file, s.mem = f, nil
+	}
+	n, err := s.file.Write(p)
+	s.size += int64(n)
+	return n, err
+}
+
+func (s *spool) ReadAt(p []byte, off int64) (int, error) {
+	if s.file != nil {
+		return s.file.ReadAt(p, off)
+	}
+	if off >= int64(len(s.mem)) {
+		return 0, io.EOF
+	}
+	n := copy(p, s.mem[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+func (s *spool) Close() error {
+	if s.file != nil {
+		return s.file.Close()
+	}
+	return nil
+}

@@ -1,0 +1,171 @@
+package http
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/litefs-project/litefs/ltx"
+	"github.com/litefs-project/litefs/store"
+)
+
+// Defaults for ServerOptions.
+const (
+	DefaultHeartbeatInterval = time.Second
+	DefaultWriteTimeout      = 30 * time.Second
+)
+
+// ServerOptions configures a Server.
+type ServerOptions struct {
+	Addr              string
+	HeartbeatInterval time.Duration // how often an idle stream carries a heartbeat
+	WriteTimeout      time.Duration // how long one frame may take to send
+	SnapshotTimeout   time.Duration // how long a snapshot frame may take to send
+	Logger            *slog.Logger
+}
+
+// Server is a node's HTTP API.
+type Server struct {
+	store  *store.Store
+	opts   ServerOptions
+	logger *slog.Logger
+	ln     net.Listener
+	srv    *http.Server
+	mux    *http.ServeMux
+}
+
+// NewServer returns a server of st's API; call Listen, then Serve.
+func NewServer(st *store.Store, opts ServerOptions) *Server {
+	if opts.HeartbeatInterval <= 0 {
+		opts.HeartbeatInterval = DefaultHeartbeatInterval
+	}
+	if opts.WriteTimeout <= 0 {
+		opts.WriteTimeout = DefaultWriteTimeout
+	}
+	if opts.SnapshotTimeout <= 0 {
+		opts.SnapshotTimeout = 10 * time.Minute
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	s := &Server{store: st, opts: opts, logger: opts.Logger, mux: http.NewServeMux()}
+	s.mux.HandleFunc("POST /stream", s.handleStream)
+	s.srv = &http.Server{
+		Handler:           s,
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(opts.Logger.Handler(), slog.LevelDebug),
+	}
+	return s
+}
+
+// Handle registers another endpoint.
+func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
+
+// ServeHTTP adds the node's identity to every response.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Litefs-Id", fmt.Sprintf("%016X", s.store.NodeID()))
+	s.mux.ServeHTTP(w, r)
+}
+
+// Listen opens the listening socket.
+func (s *Server) Listen() error {
+	ln, err := net.Listen("tcp", s.opts.Addr)
+	if err != nil {
+		return fmt.Errorf("http: listen on %s: %w", s.opts.Addr, err)
+	}
+	s.ln = ln
+	return nil
+}
+
+// Addr returns the address the server listens on.
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// Serve serves requests until Shutdown.
+func (s *Server) Serve() error {
+	if err := s.srv.Serve(s.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("http: %w", err)
+	}
+	return nil
+}
+
+// Shutdown stops the server, ending open streams.
+func (s *Server) Shutdown(ctx context.Context) error {
+	err := s.srv.Shutdown(ctx)
+	if err != nil {
+		s.srv.Close()
+	}
+	return err
+}
+
+// StreamRequest is the body of POST /stream: who is asking and what it has.
+type StreamRequest struct {
+	NodeID    string             `json:"nodeID"`
+	Positions map[string]ltx.Pos `json:"positions"`
+	Databases []string           `json:"databases,omitempty"` // replicate only these; empty for all
+}
+
+// Error is the body of an error response.
+type Error struct {
+	Error string `json:"error"`
+}
+
+func writeError(w http.ResponseWriter, code int, format string, args ...any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(Error{Error: fmt.Sprintf(format, args...)})
+}
+
+func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
+	if !s.store.Writable() {
+		writeError(w, http.StatusServiceUnavailable, "this node is not the primary")
+		return
+	}
+	var req StreamRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 16<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, "invalid stream request: %v", err)
+		return
+	}
+	for name := range req.Positions {
+		if err := store.ValidateName(name); err != nil {
+			writeError(w, http.StatusBadRequest, "invalid stream request: %v", err)
+			return
+		}
+	}
+
+	w.Header().Set("Content-Type", "application/x-litefs-stream")
+	w.WriteHeader(http.StatusOK)
+	st := &stream{
+		server: s,
+		w:      w,
+		rc:     http.NewResponseController(w),
+		peer:   peerName(req.NodeID, r.RemoteAddr),
+		sent:   req.Positions,
+		only:   req.Databases,
+	}
+	if st.sent == nil {
+		st.sent = make(map[string]ltx.Pos)
+	}
+	st.fw = NewFrameWriter(st.w)
+	s.logger.Info("replica connected", "peer", st.peer)
+	err := st.run(r.Context())
+	if err != nil && !errors.Is(err, context.Canceled) {
+		s.logger.Warn("replication stream ended", "peer", st.peer, "err", err)
+	} else {
+		s.logger.Info("replica disconnected", "peer", st.peer)
+	}
+}
+
+func peerName(nodeID, addr string) string {
+	if nodeID == "" {
+		return addr
+	}
+	return strings.ToUpper(nodeID) + "@" + addr
+}

@@ -1,0 +1,255 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+
+	"github.com/litefs-project/litefs/internal/sqlite"
+	"github.com/litefs-project/litefs/ltx"
+)
+
+// A snapshot streams a consistent copy of a database at one position
+// without copying it into memory and without holding writers (or
+// checkpoints) off for the transfer. At open it pins a view: where each
+// page's content lives at that position (a WAL frame or the database
+// file). Writes that would overwrite bytes the view still needs first save
+// those pages aside; pages are read in ascending order and stop needing
+// protection once read. Writers only ever wait for the short moments in
+// which a batch of pages is read.
+
+// snapshotBatch is the number of pages read per hold of DB.mu.
+const snapshotBatch = 64
+
+// stageMemory bounds the memory a view uses for saved pages; beyond it
+// they go to a temporary file in the database's directory.
+const stageMemory = 8 << 20
+
+// view is a pinned copy of a database's logical content.
+type view struct {
+	pos       ltx.Pos
+	pageSize  uint32
+	commit    uint32
+	next      uint32           // pages before next have been read
+	walPages  map[uint32]int64 // pgno -> WAL frame offset at the view's position
+	walFrames map[int64]uint32 // the reverse, to recognise overwritten frames
+	saved     *pageStage       // pages writers overwrote before they were read
+}
+
+// needs reports whether the view still needs pgno from its source.
+func (v *view) needs(pgno uint32) bool {
+	return pgno >= v.next && pgno <= v.commit && pgno != sqlite.LockPgno(v.pageSize) && !v.saved.Has(pgno)
+}
+
+// Snapshot is a pinned view of a database being read out.
+type Snapshot struct {
+	db *DB
+	v  *view
+}
+
+// ErrEmpty is returned when a snapshot of a database with no committed
+// transaction is asked for.
+var ErrEmpty = errors.New("database has no committed transaction")
+
+// OpenSnapshot pins the database's content at its current position. Close
+// it when done.
+func (db *DB) OpenSnapshot() (*Snapshot, error) {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	if db.closed {
+		return nil, ErrNotExist
+	}
+	if db.pos.TXID == 0 {
+		return nil, ErrEmpty
+	}
+	v := &view{
+		pos:       db.pos,
+		pageSize:  db.chk.pageSize,
+		commit:    db.chk.PageN(),
+		next:      1,
+		walPages:  maps.Clone(db.walState.pages),
+		walFrames: make(map[int64]uint32, len(db.walState.pages)),
+		saved:     newPageStage(db.dir, db.chk.pageSize, stageMemory),
+	}
+	for pgno, off := range v.walPages {
+		v.walFrames[off] = pgno
+	}
+	db.views = append(db.views, v)
+	return &Snapshot{db: db, v: v}, nil
+}
+
+// Pos returns the position the snapshot is at.
+func (s *Snapshot) Pos() ltx.Pos { return s.v.pos }
+
+// Close unpins the view.
+func (s *Snapshot) Close() error {
+	s.db.mu.Lock()
+	defer s.db.mu.Unlock()
+	for i, v := range s.db.views {
+		if v == s.v {
+			s.db.views = append(s.db.views[:i], s.db.views[i+1:]...)
+			break
+		}
+	}
+	return s.v.saved.Close()
+}
+
+// WriteTo encodes the snapshot as one LTX file holding every page, with
+// TXIDs 1 to the snapshot's position.
+func (s *Snapshot) WriteTo(w io.Writer) (int64, error) {
+	v := s.v
+	enc, err := ltx.NewEncoder(w)
+	if err != nil {
+		return 0, err
+	}
+	enc.SetSpillDir(s.db.dir) // bound the page index's memory on huge databases
+	defer enc.Cleanup()
+	if err := enc.EncodeHeader(ltx.Header{
+		Version:   ltx.Version,
+		PageSize:  v.pageSize,
+		Commit:    v.commit,
+		MinTXID:   1,
+		MaxTXID:   v.pos.TXID,
+		Timestamp: now().UnixMilli(),
+		NodeID:    s.db.store.nodeID,
+	}); err != nil {
+		return enc.N(), fmt.Errorf("snapshot %s: %w", s.db.name, err)
+	}
+
+	bufs := make([][]byte, snapshotBatch)
+	for i := range bufs {
+		bufs[i] = make([]byte, v.pageSize)
+	}
+	lockPgno := sqlite.LockPgno(v.pageSize)
+	for first := uint32(1); first <= v.commit; first += snapshotBatch {
+		last := min(first+snapshotBatch-1, v.commit)
+		if err := s.db.readView(v, first, last, bufs); err != nil {
+			return enc.N(), fmt.Errorf("snapshot %s: %w", s.db.name, err)
+		}
+		for pgno := first; pgno <= last; pgno++ {
+			if pgno == lockPgno {
+				continue
+			}
+			if err := enc.EncodePage(ltx.PageHeader{Pgno: pgno}, bufs[pgno-first]); err != nil {
+				return enc.N(), fmt.Errorf("snapshot %s: page %d: %w", s.db.name, pgno, err)
+			}
+		}
+	}
+	enc.SetPostApplyChecksum(v.pos.PostApplyChecksum)
+	if err := enc.Close(); err != nil {
+		return enc.N(), fmt.Errorf("snapshot %s: %w", s.db.name, err)
+	}
+	return enc.N(), nil
+}
+
+// readView reads pages [first, last] of a view into bufs and marks them read.
+func (db *DB) readView(v *view, first, last uint32, bufs [][]byte) error {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	if db.closed {
+		return ErrNotExist
+	}
+	lockPgno := sqlite.LockPgno(v.pageSize)
+	for pgno := first; pgno <= last; pgno++ {
+		buf := bufs[pgno-first]
+		if pgno == lockPgno {
+			continue
+		}
+		if ok, err := v.saved.Get(pgno, buf); err != nil {
+			return err
+		} else if ok {
+			v.saved.Drop(pgno)
+		} else if off, ok := v.walPages[pgno]; ok {
+			if err := readFullAt(db.wal, buf, off+sqlite.WALFrameHeaderSize); err != nil {
+				return err
+			}
+		} else if err := readFullAt(db.dbFile, buf, int64(pgno-1)*int64(v.pageSize)); err != nil {
+			return err
+		}
+		v.next = pgno + 1
+	}
+	return nil
+}
+
+// beforeDatabaseWrite saves, for every pinned view, the pages of the
+// database file in [off, off+size) it still needs. Caller holds db.mu.
+func (db *DB) beforeDatabaseWrite(off, size int64) error {
+	for _, v := range db.views {
+		ps := int64(v.pageSize)
+		for pgno := uint32(off/ps) + 1; int64(pgno-1)*ps < off+size; pgno++ {
+			if err := db.saveDatabasePage(v, pgno); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// beforeDatabaseTruncate saves the pages a truncation to size would drop.
+func (db *DB) beforeDatabaseTruncate(size int64) error {
+	for _, v := range db.views {
+		for pgno := max(uint32(size/int64(v.pageSize))+1, v.next); pgno <= v.commit; pgno++ {
+			if err := db.saveDatabasePage(v, pgno); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (db *DB) saveDatabasePage(v *view, pgno uint32) error {
+	if _, inWAL := v.walPages[pgno]; inWAL || !v.needs(pgno) {
+		return nil
+	}
+	buf := make([]byte, v.pageSize)
+	if err := readFullAt(db.dbFile, buf, int64(pgno-1)*int64(v.pageSize)); err != nil {
+		return fmt.Errorf("save page %d for a snapshot: %w", pgno, err)
+	}
+	return v.saved.Put(pgno, buf)
+}
+
+// beforeWALWrite saves the pages of WAL frames in [off, off+size) that a
+// view still needs: once the WAL restarts, new frames overwrite old ones.
+func (db *DB) beforeWALWrite(off, size int64) error {
+	for _, v := range db.views {
+		if len(v.walFrames) == 0 {
+			continue
+		}
+		fs := int64(sqlite.WALFrameHeaderSize) + int64(v.pageSize)
+		first := max(off-sqlite.WALHeaderSize, 0) / fs
+		for i := first; sqlite.WALHeaderSize+i*fs < off+size; i++ {
+			if err := db.saveWALFrame(v, sqlite.WALHeaderSize+i*fs); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// beforeWALTruncate saves the pages of frames a truncation to size drops.
+func (db *DB) beforeWALTruncate(size int64) error {
+	for _, v := range db.views {
+		fs := int64(sqlite.WALFrameHeaderSize) + int64(v.pageSize)
+		for off := range v.walFrames {
+			if off+fs > size {
+				if err := db.saveWALFrame(v, off); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func (db *DB) saveWALFrame(v *view, off int64) error {
+	pgno, ok := v.walFrames[off]
+	if !ok || !v.needs(pgno) {
+		return nil
+	}
+	buf := make([]byte, v.pageSize)
+	if err := readFullAt(db.wal, buf, off+sqlite.WALFrameHeaderSize); err != nil {
+		return fmt.Errorf("save wal frame at %d for a snapshot: %w", off, err)
+	}
+	return v.saved.Put(pgno, buf)
+}
