@@ -71,8 +71,8 @@ func Open(opts Options) (*Store, error) {
 		opts.Logger = slog.Default()
 	}
 	s := &Store{
-		opts:   opts,
-		logger: opts.Logger,
+		opts:    opts,
+		logger:  opts.Logger,
 		dbs:     make(map[string]*DB),
 		changed: make(chan struct{}),
 		stop:    make(chan struct{}),

@@ -149,10 +149,10 @@ type Node struct {
 	Config   NodeConfig
 	HTTPAddr string // loopback address of its API
 	Root     string
-	Mnt     string
-	DataDir string
-	CfgPath string
-	LogPath string
+	Mnt      string
+	DataDir  string
+	CfgPath  string
+	LogPath  string
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -212,11 +212,11 @@ func NewNode(t T, cfg NodeConfig) *Node {
 		Config:   cfg,
 		HTTPAddr: FreeAddr(t),
 		Root:     root,
-		Mnt:     filepath.Join(root, "mnt"),
-		DataDir: filepath.Join(root, "data"),
-		CfgPath: filepath.Join(root, "litefs.yml"),
-		LogPath: filepath.Join(root, "litefs.log"),
-		t:       t,
+		Mnt:      filepath.Join(root, "mnt"),
+		DataDir:  filepath.Join(root, "data"),
+		CfgPath:  filepath.Join(root, "litefs.yml"),
+		LogPath:  filepath.Join(root, "litefs.log"),
+		t:        t,
 	}
 	t.Cleanup(func() {
 		n.Stop(t)
