@@ -23,6 +23,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 
 	bfuse "bazil.org/fuse"
 
@@ -131,9 +132,12 @@ func (s *Server) disablePoll() error {
 		return fmt.Errorf("epoll: %w", err)
 	}
 	defer syscall.Close(ep)
+	// syscall.EpollCtl is a raw system call, during which this goroutine
+	// could not be stopped either; make an ordinary one.
 	ev := syscall.EpollEvent{Events: syscall.EPOLLIN, Fd: int32(fd)}
-	if err := syscall.EpollCtl(ep, syscall.EPOLL_CTL_ADD, fd, &ev); err != nil && err != syscall.EPERM {
-		return fmt.Errorf("epoll_ctl: %w", err)
+	_, _, errno := syscall.Syscall6(syscall.SYS_EPOLL_CTL, uintptr(ep), syscall.EPOLL_CTL_ADD, uintptr(fd), uintptr(unsafe.Pointer(&ev)), 0, 0)
+	if errno != 0 && errno != syscall.EPERM {
+		return fmt.Errorf("epoll_ctl: %w", errno)
 	}
 	return nil
 }

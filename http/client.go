@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/litefs-project/litefs/internal/lowprio"
 	"github.com/litefs-project/litefs/ltx"
 	"github.com/litefs-project/litefs/store"
 )
@@ -135,9 +136,15 @@ func (r *Replicator) Stream(ctx context.Context, baseURL string) error {
 func (r *Replicator) handle(ctx context.Context, f Frame, payload io.Reader) error {
 	switch f.Type {
 	case FrameChangeset:
-		return r.applyChangeset(ctx, f.Name, payload)
+		return r.applyChangeset(ctx, f.Name, ltx.TXID(f.Meta), payload)
 	case FrameSnapshot:
-		pos, err := r.store.ApplySnapshot(ctx, f.Name, payload)
+		// Decoding and writing a whole database is bulk work: at a lower
+		// CPU priority it does not starve applications on this node.
+		var pos ltx.Pos
+		err := lowprio.Run(func() (err error) {
+			pos, err = r.store.ApplySnapshot(ctx, f.Name, payload)
+			return err
+		})
 		if err != nil {
 			return err
 		}
@@ -168,8 +175,9 @@ func (r *Replicator) handle(ctx context.Context, f Frame, payload io.Reader) err
 }
 
 // applyChangeset receives a changeset completely, which verifies the
-// frame's checksum, before the store verifies and applies it.
-func (r *Replicator) applyChangeset(ctx context.Context, name string, payload io.Reader) error {
+// frame's checksum, before the store verifies and applies it. primaryTXID
+// is the database's position on the primary when the changeset was sent.
+func (r *Replicator) applyChangeset(ctx context.Context, name string, primaryTXID ltx.TXID, payload io.Reader) error {
 	sp := &spool{dir: r.store.Dir()}
 	defer sp.Close()
 	if _, err := io.Copy(sp, payload); err != nil {
@@ -179,14 +187,19 @@ func (r *Replicator) applyChangeset(ctx context.Context, name string, payload io
 	if err != nil {
 		return err
 	}
-	if _, err := r.store.ApplyChangeset(ctx, name, sp, sp.size); err != nil {
+	pos, err := r.store.ApplyChangeset(ctx, name, sp, sp.size)
+	if err != nil {
 		return err
 	}
 	r.mu.Lock()
 	if t := time.UnixMilli(hdr.Timestamp); t.After(r.lastTx) {
 		r.lastTx = t
 	}
-	r.caughtUp = time.Time{} // more may follow; the next heartbeat says when not
+	if pos.TXID >= primaryTXID {
+		r.caughtUp = time.Now()
+	} else {
+		r.caughtUp = time.Time{} // more is on its way
+	}
 	r.mu.Unlock()
 	return nil
 }

@@ -189,10 +189,17 @@ func (fr *FrameReader) Next() (Frame, io.Reader, error) {
 	}
 	fr.crc.Reset()
 	var f Frame
-	b, err := fr.read(3)
+	// A stream may end cleanly between frames: io.EOF before any byte.
+	t, err := fr.r.ReadByte()
 	if err != nil {
 		return f, nil, err
 	}
+	fr.crc.Write([]byte{t})
+	b, err := fr.read(2)
+	if err != nil {
+		return f, nil, err
+	}
+	b = append([]byte{t}, b...)
 	f.Type = FrameType(b[0])
 	if f.Type < FrameChangeset || f.Type > FrameHeartbeat {
 		return f, nil, fmt.Errorf("%w: unknown type %d", ErrBadFrame, b[0])

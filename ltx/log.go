@@ -72,6 +72,39 @@ type Log struct {
 	dirty     bool       // records appended since the last Sync
 	bw        *bufio.Writer
 	closed    bool
+	encs      encoderCache
+}
+
+// encoderCache hands out LTX encoders without allocating one per commit.
+// An ltx.Encoder embeds a 136 KiB LZ4 hash table; allocating and clearing
+// one per transaction costs more than encoding a small changeset and keeps
+// the garbage collector busy. The encoder has no Reset, so a pristine
+// encoder, made once, is copied over the one in use: all its state is in
+// plain fields, and the LZ4 table needs no clearing (its in-use bitmap,
+// copied as zeros, says which entries are valid).
+type encoderCache struct {
+	target   switchWriter
+	pristine *Encoder
+	work     *Encoder
+}
+
+// switchWriter forwards writes to a writer that can be changed.
+type switchWriter struct{ w io.Writer }
+
+func (s *switchWriter) Write(p []byte) (int, error) { return s.w.Write(p) }
+
+// get returns a fresh encoder writing to w. The previous one must be done.
+func (c *encoderCache) get(w io.Writer) (*Encoder, error) {
+	if c.pristine == nil {
+		enc, err := NewEncoder(&c.target)
+		if err != nil {
+			return nil, err
+		}
+		c.pristine, c.work = enc, new(Encoder)
+	}
+	c.target.w = w
+	*c.work = *c.pristine
+	return c.work, nil
 }
 
 type segment struct {
@@ -325,7 +358,7 @@ func (l *Log) Append(hdr Header, post Checksum, pages func(*Encoder) error) (Pos
 		return l.pos, err
 	}
 	return l.write(hdr, func(w io.Writer) (Trailer, error) {
-		enc, err := NewEncoder(w)
+		enc, err := l.encs.get(w)
 		if err != nil {
 			return Trailer{}, err
 		}

@@ -1,68 +1,117 @@
 #!/usr/bin/env bash
-# Runs a litefs node on this machine, writes a database through its mount
-# with the sqlite3 CLI, and shows the position and changesets it produced.
+# Runs a small litefs cluster on this machine (a primary and two replicas,
+# static lease, loopback ports), writes a database through the primary with
+# the sqlite3 CLI, and shows the replicas' copies catching up.
 set -euo pipefail
 
 litefs=$(realpath "${1:-bin/litefs}")
 demo=$(mktemp -d /tmp/litefs-demo.XXXXXX)
-pid=""
+pids=()
 
 cleanup() {
-	if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-		kill -TERM "$pid"
+	for pid in "${pids[@]}"; do
+		kill -TERM "$pid" 2>/dev/null || true
+	done
+	for pid in "${pids[@]}"; do
 		wait "$pid" 2>/dev/null || true
-	fi
-	if grep -q " $demo/" /proc/mounts; then
-		fusermount3 -u -z "$demo/mnt" 2>/dev/null || true
-	fi
+	done
+	for n in primary replica1 replica2; do
+		if grep -q " $demo/$n/mnt " /proc/mounts; then
+			fusermount3 -u -z "$demo/$n/mnt" 2>/dev/null || true
+		fi
+	done
 	rm -rf "$demo"
 }
 trap cleanup EXIT
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-cat >"$demo/litefs.yml" <<YAML
+primary_port=$(free_port)
+# start_node NAME LEASE-YAML
+start_node() {
+	local name=$1 lease=$2 port
+	port=$(free_port)
+	mkdir -p "$demo/$name"
+	cat >"$demo/$name/litefs.yml" <<YAML
 fuse:
-  dir: "$demo/mnt"
+  dir: "$demo/$name/mnt"
 data:
-  dir: "$demo/data"
-lease:
+  dir: "$demo/$name/data"
+http:
+  addr: "127.0.0.1:${3:-$port}"
+$lease
+YAML
+	"$litefs" mount -config "$demo/$name/litefs.yml" >"$demo/$name/litefs.log" 2>&1 &
+	pids+=($!)
+	for _ in $(seq 1 100); do
+		[ -e "$demo/$name/mnt/.lag" ] && return 0
+		kill -0 "${pids[-1]}" 2>/dev/null || { cat "$demo/$name/litefs.log"; exit 1; }
+		sleep 0.1
+	done
+	echo "$name did not mount" >&2
+	exit 1
+}
+
+step "starting the primary on 127.0.0.1:$primary_port"
+start_node primary "lease:
   type: static
   candidate: true
-YAML
+  hostname: primary" "$primary_port"
 
-step "starting a litefs node (static lease, primary) on $demo/mnt"
-"$litefs" mount -config "$demo/litefs.yml" >"$demo/litefs.log" 2>&1 &
-pid=$!
-for _ in $(seq 1 100); do
-	[ -e "$demo/mnt/.lag" ] && break
-	kill -0 "$pid" 2>/dev/null || { cat "$demo/litefs.log"; exit 1; }
-	sleep 0.1
-done
-sed 's/^/  litefs: /' "$demo/litefs.log"
-
-step "writing demo.db through the mount with the sqlite3 CLI (WAL mode)"
-sqlite3 "$demo/mnt/demo.db" <<SQL
+step "writing app.db through the primary's mount (WAL mode)"
+sqlite3 "$demo/primary/mnt/app.db" <<SQL
 PRAGMA journal_mode=WAL;
 CREATE TABLE visits (id INTEGER PRIMARY KEY, page TEXT, at TEXT DEFAULT CURRENT_TIMESTAMP);
-INSERT INTO visits (page) VALUES ('/');
-INSERT INTO visits (page) VALUES ('/about');
-BEGIN; INSERT INTO visits (page) VALUES ('/rolled-back'); ROLLBACK;
+INSERT INTO visits (page) VALUES ('/'), ('/about');
 INSERT INTO visits (page) VALUES ('/pricing');
 SQL
-echo "  rows: $(sqlite3 "$demo/mnt/demo.db" 'SELECT count(*) FROM visits;')   integrity: $(sqlite3 "$demo/mnt/demo.db" 'PRAGMA integrity_check;')"
 
-step "the mount"
-ls -la "$demo/mnt"
+replica_lease="lease:
+  type: static
+  candidate: false
+  hostname: primary
+  advertise-url: http://127.0.0.1:$primary_port"
+step "starting two replicas of it"
+start_node replica1 "$replica_lease"
+start_node replica2 "$replica_lease"
 
-step "position (TXID/checksum) from demo.db-pos"
-cat "$demo/mnt/demo.db-pos"
+show() {
+	for n in primary replica1 replica2; do
+		local pos rows
+		pos=$(cat "$demo/$n/mnt/app.db-pos" 2>/dev/null || echo "(not yet)")
+		rows=$(sqlite3 "$demo/$n/mnt/app.db" 'SELECT count(*) FROM visits;' 2>/dev/null || echo "-")
+		printf '  %-9s position %s  rows %s  lag %s\n' "$n" "$pos" "$rows" "$(cat "$demo/$n/mnt/.lag")"
+	done
+}
+wait_synced() {
+	local want
+	want=$(cat "$demo/primary/mnt/app.db-pos")
+	for _ in $(seq 1 100); do
+		[ "$(cat "$demo/replica1/mnt/app.db-pos" 2>/dev/null)" = "$want" ] &&
+			[ "$(cat "$demo/replica2/mnt/app.db-pos" 2>/dev/null)" = "$want" ] && return 0
+		sleep 0.05
+	done
+}
+wait_synced
+show
 
-step "changesets: one per committed transaction, the rolled-back one left none"
-"$litefs" log -data-dir "$demo/data" -name demo.db -verify
+step "100 more transactions on the primary; the replicas follow"
+for i in $(seq 1 100); do echo "INSERT INTO visits (page) VALUES ('/post/$i');"; done | sqlite3 "$demo/primary/mnt/app.db"
+wait_synced
+show
 
-step "stopping the node"
-kill -TERM "$pid"
-wait "$pid" || true
-pid=""
-tail -n 2 "$demo/litefs.log" | sed 's/^/  litefs: /'
+step "a write on a replica is refused"
+sqlite3 "$demo/replica1/mnt/app.db" "INSERT INTO visits (page) VALUES ('/nope');" 2>&1 | sed 's/^/  /' || true
+
+step "what a replica's mount shows"
+echo "  .primary: $(cat "$demo/replica1/mnt/.primary")"
+ls -la "$demo/replica1/mnt" | sed 's/^/  /'
+
+step "the changesets each node holds for app.db (newest 5)"
+for n in primary replica1; do
+	echo "  $n:"
+	"$litefs" log -data-dir "$demo/$n/data" -name app.db -n 5 -verify | sed 's/^/    /'
+done
+
+step "stopping the cluster"

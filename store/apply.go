@@ -131,7 +131,7 @@ func (db *DB) verifyChangeset(r io.Reader) (ltx.Header, ltx.Trailer, []uint32, e
 	if full {
 		xor = 0
 	}
-	var pgnos []uint32
+	pgnos := []uint32{} // not nil: nil means the whole file to afterApply
 	buf := make([]byte, hdr.PageSize)
 	h := ltx.NewHasher()
 	for {
@@ -166,13 +166,19 @@ func (db *DB) verifyChangeset(r io.Reader) (ltx.Header, ltx.Trailer, []uint32, e
 	return hdr, trailer, pgnos, nil
 }
 
+// coversAllPages reports whether pgnos, distinct and ascending, are every
+// page of a database of commit pages.
 func coversAllPages(pgnos []uint32, commit, pageSize uint32) bool {
-	lockPgno := sqlite.LockPgno(pageSize)
-	want := commit
-	if commit >= lockPgno {
-		want--
+	return uint32(len(pgnos)) == expectedPages(commit, pageSize)
+}
+
+// expectedPages is the number of pages a changeset holding a whole database
+// of commit pages has: all but the lock page.
+func expectedPages(commit, pageSize uint32) uint32 {
+	if commit >= sqlite.LockPgno(pageSize) {
+		return commit - 1
 	}
-	return uint32(len(pgnos)) == want
+	return commit
 }
 
 // writeChangeset writes a verified changeset into the database file and
@@ -260,6 +266,7 @@ func (db *DB) applySnapshot(ctx context.Context, r io.Reader) (ltx.Pos, error) {
 	chk := &pageChecksums{pageSize: hdr.PageSize}
 	buf := make([]byte, hdr.PageSize)
 	h := ltx.NewHasher()
+	pw := newRunWriter(tmp, hdr.PageSize)
 	for {
 		var ph ltx.PageHeader
 		if err := dec.DecodePage(&ph, buf); errors.Is(err, io.EOF) {
@@ -267,10 +274,18 @@ func (db *DB) applySnapshot(ctx context.Context, r io.Reader) (ltx.Pos, error) {
 		} else if err != nil {
 			return ltx.Pos{}, fmt.Errorf("snapshot of %s: %w", db.name, err)
 		}
-		if _, err := tmp.WriteAt(buf, int64(ph.Pgno-1)*int64(hdr.PageSize)); err != nil {
+		if err := pw.Write(ph.Pgno, buf); err != nil {
 			return ltx.Pos{}, fmt.Errorf("snapshot of %s: %w", db.name, err)
 		}
 		chk.Set(ph.Pgno, checksumPage(h, ph.Pgno, buf))
+	}
+	if err := pw.Flush(); err != nil {
+		return ltx.Pos{}, fmt.Errorf("snapshot of %s: %w", db.name, err)
+	}
+	// The decoder checks that a snapshot's pages run in order from page 1
+	// but not that they reach its size; a short one must not pass.
+	if want := expectedPages(hdr.Commit, hdr.PageSize); dec.PageN() != int(want) {
+		return ltx.Pos{}, fmt.Errorf("%w: snapshot of %s has %d pages, its size needs %d", ErrMismatch, db.name, dec.PageN(), want)
 	}
 	// Close verifies the file checksum and, for a snapshot, that the pages
 	// add up to the post-apply checksum.
@@ -354,7 +369,8 @@ func (db *DB) noteJournalMode() {
 }
 
 // lockReaders takes the SQLite locks that keep local readers out while the
-// database changes underneath them, and returns their release.
+// database changes underneath them, and returns their release. See
+// readerTurn for how applies and readers share the locks.
 //
 // The WAL index's writer, checkpointer, recovery and reader locks keep out
 // connections in WAL mode. The database's PENDING lock stops new readers in
@@ -363,18 +379,24 @@ func (db *DB) noteJournalMode() {
 // it is open; it is recognised by its hold on the WAL index's DMS byte and
 // is already kept out by the WAL index locks.
 func (db *DB) lockReaders(ctx context.Context) (func(), error) {
+	if err := db.turn.wait(ctx); err != nil {
+		return nil, err
+	}
+	db.turn.applying.Store(true)
 	shm := rangelock.Lock{Owner: applyOwner, Start: shmLockWrite, End: shmLockRead4, Type: rangelock.Write}
-	if err := db.shmLocks.Lock(ctx, shm); err != nil {
-		return nil, err
-	}
 	pending := rangelock.Lock{Owner: applyOwner, Start: sqlite.PendingByte, End: sqlite.PendingByte, Type: rangelock.Write}
-	if err := db.dbLocks.Lock(ctx, pending); err != nil {
-		db.shmLocks.TryLock(rangelock.Lock{Owner: applyOwner, Start: shm.Start, End: shm.End, Type: rangelock.Unlock})
-		return nil, err
-	}
 	release := func() {
 		db.dbLocks.TryLock(rangelock.Lock{Owner: applyOwner, Start: pending.Start, End: pending.End, Type: rangelock.Unlock})
 		db.shmLocks.TryLock(rangelock.Lock{Owner: applyOwner, Start: shm.Start, End: shm.End, Type: rangelock.Unlock})
+		db.turn.applying.Store(false)
+	}
+	if err := db.shmLocks.Lock(ctx, shm); err != nil {
+		release()
+		return nil, err
+	}
+	if err := db.dbLocks.Lock(ctx, pending); err != nil {
+		release()
+		return nil, err
 	}
 	const sharedEnd = sqlite.SharedFirst + sqlite.SharedSize - 1
 	err := db.dbLocks.Wait(ctx, func(locks []rangelock.Lock) bool {
@@ -429,4 +451,43 @@ func (db *DB) afterApply(pgnos []uint32, pageSize uint32) {
 	}
 	db.mu.Unlock()
 	inv.InvalidateData(shmName, 0, walIndexMinSize)
+}
+
+// runWriter writes pages to a file, one call per run of consecutive pages.
+type runWriter struct {
+	w        io.WriterAt
+	pageSize int64
+	first    uint32 // first page of the pending run
+	n        int    // pages pending
+	buf      []byte
+}
+
+func newRunWriter(w io.WriterAt, pageSize uint32) *runWriter {
+	return &runWriter{w: w, pageSize: int64(pageSize), buf: make([]byte, 0, 64*int(pageSize))}
+}
+
+// Write queues page pgno, writing out the pending run first if pgno does
+// not extend it or the run is full.
+func (rw *runWriter) Write(pgno uint32, data []byte) error {
+	if rw.n > 0 && (pgno != rw.first+uint32(rw.n) || len(rw.buf)+len(data) > cap(rw.buf)) {
+		if err := rw.Flush(); err != nil {
+			return err
+		}
+	}
+	if rw.n == 0 {
+		rw.first = pgno
+	}
+	rw.buf = append(rw.buf, data...)
+	rw.n++
+	return nil
+}
+
+// Flush writes the pending run.
+func (rw *runWriter) Flush() error {
+	if rw.n == 0 {
+		return nil
+	}
+	_, err := rw.w.WriteAt(rw.buf, int64(rw.first-1)*rw.pageSize)
+	rw.buf, rw.n = rw.buf[:0], 0
+	return err
 }

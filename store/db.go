@@ -50,6 +50,7 @@ type DB struct {
 	dbLocks   *rangelock.Table
 	shmLocks  *rangelock.Table
 	haltLocks *rangelock.Table
+	turn      readerTurn // fairness between applies and local readers
 
 	mu            sync.Mutex
 	dbFile        *os.File // backing file of the database
@@ -188,7 +189,11 @@ func (db *DB) Stat(kind FileKind) (size int64, mtime time.Time, err error) {
 		}
 		return fi.Size(), fi.ModTime(), nil
 	case FileSHM:
-		return int64(len(db.shm)), time.Time{}, nil
+		fi, err := db.dbFile.Stat()
+		if err != nil {
+			return 0, time.Time{}, err
+		}
+		return int64(len(db.shm)), fi.ModTime(), nil
 	case FilePos:
 		return int64(len(ltx.FormatPos(db.pos))), db.log.LastTime(), nil
 	}

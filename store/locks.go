@@ -29,12 +29,13 @@ func (db *DB) Lock(kind FileKind, req rangelock.Lock) (bool, error) {
 	if t == nil {
 		return false, fmt.Errorf("lock %s of %s: %w", kind, db.name, syscall.EINVAL)
 	}
-	if !t.TryLock(req) {
+	if db.turn.gated(kind, req) || !t.TryLock(req) {
+		if kind != FileLock {
+			db.turn.refuse()
+		}
 		return false, nil
 	}
-	if req.Type != rangelock.Write && kind == FileDatabase {
-		db.afterDatabaseUnlock()
-	}
+	db.afterLocalLock(kind, req)
 	return true, nil
 }
 
@@ -47,10 +48,26 @@ func (db *DB) LockWait(ctx context.Context, kind FileKind, req rangelock.Lock) e
 	if err := t.Lock(ctx, req); err != nil {
 		return err
 	}
+	db.afterLocalLock(kind, req)
+	return nil
+}
+
+// afterLocalLock follows a lock request from SQLite that succeeded.
+func (db *DB) afterLocalLock(kind FileKind, req rangelock.Lock) {
+	if kind == FileLock {
+		return
+	}
+	if req.Type != rangelock.Unlock {
+		db.turn.serve()
+	}
+	if kind == FileSHM && db.turn.applying.Load() {
+		// An apply waiting for rollback-mode readers tells WAL-mode
+		// connections apart by their WAL index locks.
+		db.dbLocks.Wake()
+	}
 	if req.Type != rangelock.Write && kind == FileDatabase {
 		db.afterDatabaseUnlock()
 	}
-	return nil
 }
 
 // QueryLock answers F_GETLK: a lock that would block req, if any.

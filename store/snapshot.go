@@ -35,6 +35,7 @@ type view struct {
 	walPages  map[uint32]int64 // pgno -> WAL frame offset at the view's position
 	walFrames map[int64]uint32 // the reverse, to recognise overwritten frames
 	saved     *pageStage       // pages writers overwrote before they were read
+	runBuf    []byte           // scratch for reading runs of pages
 }
 
 // needs reports whether the view still needs pgno from its source.
@@ -71,6 +72,7 @@ func (db *DB) OpenSnapshot() (*Snapshot, error) {
 		walPages:  maps.Clone(db.walState.pages),
 		walFrames: make(map[int64]uint32, len(db.walState.pages)),
 		saved:     newPageStage(db.dir, db.chk.pageSize, stageMemory),
+		runBuf:    make([]byte, snapshotBatch*int(db.chk.pageSize)),
 	}
 	for pgno, off := range v.walPages {
 		v.walFrames[off] = pgno
@@ -150,13 +152,31 @@ func (db *DB) readView(v *view, first, last uint32, bufs [][]byte) error {
 	if db.closed {
 		return ErrNotExist
 	}
+	// Pages still in the database file are read with one call per run of
+	// consecutive pages; saved pages and WAL frames one by one.
 	lockPgno := sqlite.LockPgno(v.pageSize)
+	runStart := uint32(0) // first page of the pending run, 0 if none
+	flush := func(end uint32) error {
+		if runStart == 0 {
+			return nil
+		}
+		n := int(end - runStart)
+		run := v.runBuf[:n*int(v.pageSize)]
+		if err := readFullAt(db.dbFile, run, int64(runStart-1)*int64(v.pageSize)); err != nil {
+			return err
+		}
+		for i := 0; i < n; i++ {
+			copy(bufs[runStart-first+uint32(i)], run[i*int(v.pageSize):])
+		}
+		runStart = 0
+		return nil
+	}
 	for pgno := first; pgno <= last; pgno++ {
 		buf := bufs[pgno-first]
+		fromFile := false
 		if pgno == lockPgno {
-			continue
-		}
-		if ok, err := v.saved.Get(pgno, buf); err != nil {
+			// never sent
+		} else if ok, err := v.saved.Get(pgno, buf); err != nil {
 			return err
 		} else if ok {
 			v.saved.Drop(pgno)
@@ -164,11 +184,22 @@ func (db *DB) readView(v *view, first, last uint32, bufs [][]byte) error {
 			if err := readFullAt(db.wal, buf, off+sqlite.WALFrameHeaderSize); err != nil {
 				return err
 			}
-		} else if err := readFullAt(db.dbFile, buf, int64(pgno-1)*int64(v.pageSize)); err != nil {
-			return err
+		} else {
+			fromFile = true
+			if runStart == 0 {
+				runStart = pgno
+			}
 		}
-		v.next = pgno + 1
+		if !fromFile {
+			if err := flush(pgno); err != nil {
+				return err
+			}
+		}
 	}
+	if err := flush(last + 1); err != nil {
+		return err
+	}
+	v.next = last + 1
 	return nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/litefs-project/litefs/internal/testutil"
 )
@@ -64,5 +65,42 @@ func TestDatabaseOverOneGiB(t *testing.T) {
 	n.Restart(t)
 	if got := n.Pos(t, "big.db"); got != pos {
 		t.Fatalf("after restart at %s, want %s", got, pos)
+	}
+}
+
+// TestLargeDatabaseReplicates replicates a database of more than 1 GiB to a
+// replica that starts after it was written, by snapshot (its log is too
+// long to send), and then by changesets, on both sides of the lock page.
+func TestLargeDatabaseReplicates(t *testing.T) {
+	if testing.Short() {
+		t.Skip("writes more than 3 GiB; skipped with -short")
+	}
+	primary := testutil.StartNode(t, testutil.NodeConfig{Name: "primary", Production: true, Fast: true})
+	conn := testutil.OpenDB(t, primary.Path("big.db"), "DELETE")
+	conn.SetMaxOpenConns(1)
+	testutil.Exec(t, conn, "PRAGMA page_size=65536")
+	testutil.Exec(t, conn, "CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")
+	for i := 0; i < 4; i++ {
+		testutil.Exec(t, conn, "INSERT INTO t (v) "+testutil.Series(275)+" SELECT zeroblob(1048576) FROM s")
+	}
+	testutil.Exec(t, conn, "CREATE TABLE small (v)")
+	for i := 0; i < 300; i++ {
+		testutil.Exec(t, conn, "INSERT INTO small VALUES (?)", i)
+	}
+
+	replica := testutil.StartReplica(t, primary, testutil.NodeConfig{Name: "replica", Production: true, Fast: true})
+	replica.WaitPos(t, "big.db", primary.Pos(t, "big.db"), 2*time.Minute)
+	if !replica.LogContains("installed snapshot") {
+		t.Fatal("the replica did not get the database by snapshot")
+	}
+	testutil.Exec(t, conn, "UPDATE t SET v = randomblob(1048576) WHERE id IN (3, 1050)")
+	testutil.Exec(t, conn, "DELETE FROM t WHERE id > 1095")
+	pos := primary.Pos(t, "big.db")
+	replica.WaitPos(t, "big.db", pos, 2*time.Minute)
+
+	rconn := testutil.OpenDB(t, replica.Path("big.db"), "DELETE")
+	testutil.IntegrityCheck(t, rconn)
+	if out, err := exec.Command("cmp", primary.Path("big.db"), replica.Path("big.db")).CombinedOutput(); err != nil {
+		t.Fatalf("the replica's database differs from the primary's: %v: %s", err, out)
 	}
 }

@@ -241,6 +241,14 @@ func (t *Table) apply(req Lock) bool {
 	return true
 }
 
+// Wake makes every waiter in Lock and Wait look at the table again: the
+// condition of a Wait may depend on more than this table.
+func (t *Table) Wake() {
+	t.mu.Lock()
+	t.wake()
+	t.mu.Unlock()
+}
+
 // wake releases every waiter so it can retry. Caller holds t.mu.
 func (t *Table) wake() {
 	close(t.changed)
