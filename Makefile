@@ -9,7 +9,7 @@ GO          ?= go
 BIN         := bin
 STATICCHECK := $(BIN)/staticcheck
 
-.PHONY: all build deps test bench demo lint clean
+.PHONY: all build deps consul test bench demo lint clean
 
 all: build
 
@@ -19,10 +19,14 @@ build:
 deps:
 	@scripts/deps.sh
 
-test: deps
+# The Consul agent the lease tests run against, built once and cached.
+consul:
+	@scripts/install-consul.sh >/dev/null
+
+test: deps consul
 	$(GO) vet ./...
 	@unformatted="$$(gofmt -l .)"; if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
-	$(GO) test -race -timeout 25m ./...
+	LITEFS_CONSUL="$$(scripts/install-consul.sh 2>/dev/null | tail -n1)" $(GO) test -race -timeout 25m ./...
 
 bench: deps build
 	$(GO) run ./cmd/litefs-bench -litefs $(BIN)/litefs

@@ -32,6 +32,7 @@ type Replicator struct {
 	client    *http.Client
 	databases []string
 	heartbeat time.Duration
+	opts      ReplicatorOptions
 
 	mu        sync.Mutex
 	connected bool
@@ -44,6 +45,9 @@ type Replicator struct {
 // ReplicatorOptions configures a Replicator.
 type ReplicatorOptions struct {
 	Databases         []string      // replicate only these; empty for all
+	Hostname          string        // this node, as the primary lists it
+	AdvertiseURL      string        // where the primary can reach this node
+	Candidate         bool          // this node may become primary
 	HeartbeatInterval time.Duration // the primary's, to judge staleness
 	Logger            *slog.Logger
 }
@@ -62,6 +66,7 @@ func NewReplicator(st *store.Store, opts ReplicatorOptions) *Replicator {
 		client:    &http.Client{Transport: &http.Transport{Proxy: nil, DisableCompression: true}},
 		databases: opts.Databases,
 		heartbeat: opts.HeartbeatInterval,
+		opts:      opts,
 		ready:     make(chan struct{}),
 	}
 }
@@ -94,9 +99,13 @@ func (r *Replicator) Lag() time.Duration {
 // returns an error saying why it stopped.
 func (r *Replicator) Stream(ctx context.Context, baseURL string) error {
 	req := StreamRequest{
-		NodeID:    fmt.Sprintf("%016X", r.store.NodeID()),
-		Positions: r.store.Positions(),
-		Databases: r.databases,
+		NodeID:       fmt.Sprintf("%016X", r.store.NodeID()),
+		Positions:    r.store.Positions(),
+		Recent:       r.recentPositions(),
+		Databases:    r.databases,
+		Hostname:     r.opts.Hostname,
+		AdvertiseURL: r.opts.AdvertiseURL,
+		Candidate:    r.opts.Candidate,
 	}
 	body, err := json.Marshal(req)
 	if err != nil {
@@ -140,7 +149,10 @@ func (r *Replicator) handle(ctx context.Context, f Frame, payload io.Reader) err
 	case FrameSnapshot:
 		// Decoding and writing a whole database is bulk work: at a lower
 		// CPU priority it does not starve applications on this node.
-		var pos ltx.Pos
+		var before, pos ltx.Pos
+		if db := r.store.DB(f.Name); db != nil {
+			before = db.Pos()
+		}
 		err := lowprio.Run(func() (err error) {
 			pos, err = r.store.ApplySnapshot(ctx, f.Name, payload)
 			return err
@@ -149,6 +161,11 @@ func (r *Replicator) handle(ctx context.Context, f Frame, payload io.Reader) err
 			return err
 		}
 		r.logger.Info("snapshot applied", "db", f.Name, "pos", pos.String())
+		// Meta is the last TXID this node shares with the primary.
+		if common := ltx.TXID(f.Meta); before.TXID > common {
+			r.logger.Warn("discarded local transactions that the primary does not have",
+				"db", f.Name, "txids", fmt.Sprintf("%s-%s", common+1, before.TXID), "local_pos", before.String(), "primary_pos", pos.String())
+		}
 		return nil
 	case FrameDrop:
 		if _, err := io.Copy(io.Discard, payload); err != nil {
@@ -202,6 +219,28 @@ func (r *Replicator) applyChangeset(ctx context.Context, name string, primaryTXI
 	}
 	r.mu.Unlock()
 	return nil
+}
+
+// recentTXIDs is how many of each database's latest positions a replica
+// sends, so that the primary can tell where a diverged replica left its log.
+const recentTXIDs = 64
+
+// recentPositions lists the latest positions of each database's log,
+// newest first.
+func (r *Replicator) recentPositions() map[string][]ltx.Pos {
+	m := make(map[string][]ltx.Pos)
+	for _, db := range r.store.DBs() {
+		l := db.Log()
+		last := l.Pos().TXID
+		for txid := last; txid > 0 && last-txid < recentTXIDs; txid-- {
+			info, err := l.Info(txid)
+			if err != nil {
+				break
+			}
+			m[db.Name()] = append(m[db.Name()], info.Pos())
+		}
+	}
+	return m
 }
 
 func (r *Replicator) markCaughtUp() {

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/litefs-project/litefs/ltx"
@@ -28,7 +29,10 @@ type ServerOptions struct {
 	HeartbeatInterval time.Duration // how often an idle stream carries a heartbeat
 	WriteTimeout      time.Duration // how long one frame may take to send
 	SnapshotTimeout   time.Duration // how long a snapshot frame may take to send
-	Logger            *slog.Logger
+	// IsPrimary reports whether this node serves replication streams;
+	// nil means whenever the store is writable.
+	IsPrimary func() bool
+	Logger    *slog.Logger
 }
 
 // Server is a node's HTTP API.
@@ -39,6 +43,9 @@ type Server struct {
 	ln     net.Listener
 	srv    *http.Server
 	mux    *http.ServeMux
+
+	mu      sync.Mutex
+	streams map[*stream]struct{}
 }
 
 // NewServer returns a server of st's API; call Listen, then Serve.
@@ -55,7 +62,10 @@ func NewServer(st *store.Store, opts ServerOptions) *Server {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	s := &Server{store: st, opts: opts, logger: opts.Logger, mux: http.NewServeMux()}
+	if opts.IsPrimary == nil {
+		opts.IsPrimary = st.Writable
+	}
+	s := &Server{store: st, opts: opts, logger: opts.Logger, mux: http.NewServeMux(), streams: make(map[*stream]struct{})}
 	s.mux.HandleFunc("POST /stream", s.handleStream)
 	s.mux.HandleFunc("/debug/pprof/", pprof.Index)
 	s.mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
@@ -113,7 +123,43 @@ func (s *Server) Shutdown(ctx context.Context) error {
 type StreamRequest struct {
 	NodeID    string             `json:"nodeID"`
 	Positions map[string]ltx.Pos `json:"positions"`
-	Databases []string           `json:"databases,omitempty"` // replicate only these; empty for all
+	// Recent lists each database's latest positions on the replica,
+	// newest first, to find where a diverged replica parted ways.
+	Recent       map[string][]ltx.Pos `json:"recent,omitempty"`
+	Databases    []string             `json:"databases,omitempty"` // replicate only these; empty for all
+	Hostname     string               `json:"hostname,omitempty"`
+	AdvertiseURL string               `json:"advertiseURL,omitempty"`
+	Candidate    bool                 `json:"candidate,omitempty"`
+}
+
+// ReplicaInfo describes a replica streaming from this node.
+type ReplicaInfo struct {
+	NodeID       string
+	Hostname     string
+	AdvertiseURL string
+	Candidate    bool
+	Positions    map[string]ltx.Pos // what the replica has been sent
+}
+
+// DropStreams ends every replication stream, as when this node stops
+// being the primary; replicas then look for the new one.
+func (s *Server) DropStreams() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for st := range s.streams {
+		st.cancel()
+	}
+}
+
+// Replicas lists the replicas streaming from this node.
+func (s *Server) Replicas() []ReplicaInfo {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []ReplicaInfo
+	for st := range s.streams {
+		out = append(out, st.info())
+	}
+	return out
 }
 
 // Error is the body of an error response.
@@ -128,7 +174,7 @@ func writeError(w http.ResponseWriter, code int, format string, args ...any) {
 }
 
 func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
-	if !s.store.Writable() {
+	if !s.opts.IsPrimary() {
 		writeError(w, http.StatusServiceUnavailable, "this node is not the primary")
 		return
 	}
@@ -155,13 +201,24 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 		peer:   peerName(req.NodeID, r.RemoteAddr),
 		sent:   req.Positions,
 		only:   req.Databases,
+		req:    req,
 	}
 	if st.sent == nil {
 		st.sent = make(map[string]ltx.Pos)
 	}
 	st.fw = NewFrameWriter(st.w)
 	s.logger.Info("replica connected", "peer", st.peer)
-	err := st.run(r.Context())
+	st.publish()
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	st.cancel = cancel
+	s.mu.Lock()
+	s.streams[st] = struct{}{}
+	s.mu.Unlock()
+	err := st.run(ctx)
+	s.mu.Lock()
+	delete(s.streams, st)
+	s.mu.Unlock()
 	if err != nil && !errors.Is(err, context.Canceled) {
 		s.logger.Warn("replication stream ended", "peer", st.peer, "err", err)
 	} else {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/litefs-project/litefs/internal/lowprio"
@@ -27,6 +28,11 @@ type stream struct {
 	peer   string
 	sent   map[string]ltx.Pos // each database's position on the replica
 	only   []string           // replicate only these databases, if set
+	req    StreamRequest
+	cancel context.CancelFunc // ends the stream
+
+	mu        sync.Mutex
+	published map[string]ltx.Pos // copy of sent, for Server.Replicas
 
 	readers map[string]*ltx.Reader
 }
@@ -45,12 +51,15 @@ func (st *stream) run(ctx context.Context) error {
 	var lastSend time.Time
 	for {
 		changed := st.server.store.Changed()
-		if !st.server.store.Writable() {
+		if !st.server.opts.IsPrimary() {
 			return errors.New("this node stopped being the primary")
 		}
 		sent, err := st.syncAll(ctx)
 		if err != nil {
 			return err
+		}
+		if sent {
+			st.publish()
 		}
 		if sent {
 			lastSend = time.Now()
@@ -84,6 +93,30 @@ func (st *stream) run(ctx context.Context) error {
 				return err
 			}
 		}
+	}
+}
+
+// publish makes the positions sent so far visible to Server.Replicas.
+func (st *stream) publish() {
+	m := make(map[string]ltx.Pos, len(st.sent))
+	for k, v := range st.sent {
+		m[k] = v
+	}
+	st.mu.Lock()
+	st.published = m
+	st.mu.Unlock()
+}
+
+// info describes the replica at the other end.
+func (st *stream) info() ReplicaInfo {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return ReplicaInfo{
+		NodeID:       st.req.NodeID,
+		Hostname:     st.req.Hostname,
+		AdvertiseURL: st.req.AdvertiseURL,
+		Candidate:    st.req.Candidate,
+		Positions:    st.published,
 	}
 }
 
@@ -194,6 +227,27 @@ func (st *stream) onLog(db *store.DB, have ltx.Pos) bool {
 	return err == nil && info.Pos() == have
 }
 
+// commonTXID is the newest TXID at which the replica's database and this
+// node's log agree, from the positions the replica listed when it
+// connected; 0 if none is known.
+func (st *stream) commonTXID(db *store.DB, have ltx.Pos) ltx.TXID {
+	if have.TXID == 0 {
+		return 0
+	}
+	if st.onLog(db, have) || have.TXID < db.Log().Base().TXID {
+		return have.TXID // on the log, or older than it: nothing to tell
+	}
+	for _, p := range st.req.Recent[db.Name()] {
+		if p.TXID > have.TXID {
+			continue
+		}
+		if st.onLog(db, p) {
+			return p.TXID
+		}
+	}
+	return 0
+}
+
 // sendSnapshot sends the whole database and logs why.
 func (st *stream) sendSnapshot(db *store.DB, have ltx.Pos, known bool) error {
 	snap, err := db.OpenSnapshot()
@@ -203,17 +257,20 @@ func (st *stream) sendSnapshot(db *store.DB, have ltx.Pos, known bool) error {
 		return fmt.Errorf("snapshot of %s: %w", db.Name(), err)
 	}
 	defer snap.Close()
+	// Meta tells the replica the last TXID it shares with this node, so
+	// that it can report what it discards.
+	common := st.commonTXID(db, have)
 	reason := "the replica does not have it"
 	if known {
 		reason = fmt.Sprintf("the replica's position %s is not on this node's log (older than retention, or diverged)", have)
 	}
-	st.server.logger.Info("sending snapshot", "db", db.Name(), "peer", st.peer, "pos", snap.Pos().String(), "reason", reason)
+	st.server.logger.Info("sending snapshot", "db", db.Name(), "peer", st.peer, "pos", snap.Pos().String(), "reason", reason, "common_txid", common.String(), "recent", len(st.req.Recent[db.Name()]))
 
 	start := time.Now()
 	if err := st.rc.SetWriteDeadline(time.Now().Add(st.server.opts.SnapshotTimeout)); err != nil && !errors.Is(err, http.ErrNotSupported) {
 		return err
 	}
-	if err := st.fw.Begin(Frame{Type: FrameSnapshot, Name: db.Name()}); err != nil {
+	if err := st.fw.Begin(Frame{Type: FrameSnapshot, Name: db.Name(), Meta: uint64(common)}); err != nil {
 		return err
 	}
 	// Encoding and sending a snapshot is bulk work: it runs at a lower CPU

@@ -35,6 +35,9 @@ type Leaser interface {
 	Acquire(ctx context.Context) (Lease, error)
 	// PrimaryInfo returns the current primary, or ErrNoPrimary.
 	PrimaryInfo(ctx context.Context) (PrimaryInfo, error)
+	// WaitChange blocks until the primary is no longer current (another
+	// node, or none), or until ctx ends.
+	WaitChange(ctx context.Context, current PrimaryInfo) error
 	// Close releases the leaser's resources.
 	Close() error
 }
@@ -44,6 +47,12 @@ type Lease interface {
 	// Done is closed when the lease is lost; the node must stop accepting
 	// writes at once.
 	Done() <-chan struct{}
+	// Handoff gives the lease up in favour of the candidate named by
+	// hostname: other candidates leave it to that one for a while.
+	Handoff(ctx context.Context, hostname string) error
 	// Close gives the lease up.
 	Close() error
 }
+
+// ErrHandoffUnsupported is returned by leases that cannot be handed over.
+var ErrHandoffUnsupported = errors.New("this lease type cannot be handed over")

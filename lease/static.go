@@ -41,12 +41,23 @@ func (s *Static) PrimaryInfo(ctx context.Context) (PrimaryInfo, error) {
 	return PrimaryInfo{Hostname: s.hostname, AdvertiseURL: s.advertiseURL}, nil
 }
 
+// WaitChange blocks until ctx ends: a static primary never changes.
+func (s *Static) WaitChange(ctx context.Context, current PrimaryInfo) error {
+	<-ctx.Done()
+	return ctx.Err()
+}
+
 type staticLease struct {
 	done chan struct{}
 	once sync.Once
 }
 
 func (l *staticLease) Done() <-chan struct{} { return l.done }
+
+// Handoff is not possible: the configuration names the primary.
+func (l *staticLease) Handoff(ctx context.Context, hostname string) error {
+	return ErrHandoffUnsupported
+}
 
 func (l *staticLease) Close() error {
 	l.once.Do(func() { close(l.done) })

@@ -35,6 +35,10 @@ func run(args []string) int {
 		err = runMount(rest)
 	case "log":
 		err = runLog(rest)
+	case "run":
+		err = runRun(rest)
+	case "demote":
+		err = runDemote(rest)
 	case "version":
 		fmt.Println("litefs", Version)
 	case "help", "-h", "-help", "--help":
@@ -69,6 +73,8 @@ Usage:
 Commands:
 
 	mount     mount the filesystem, join the cluster, run the application
+	run       promote this node (-promote), then run a command
+	demote    hand the primary's lease to a caught-up candidate
 	log       list a database's changesets
 	version   print the version
 

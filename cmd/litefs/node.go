@@ -30,9 +30,14 @@ type node struct {
 	leaser     lease.Leaser
 	replicator *lhttp.Replicator
 
+	hostname     string // this node's, as the lease knows it
+	advertiseURL string // this node's API, as the lease knows it
+
 	mu        sync.Mutex
 	isPrimary bool
+	lease     lease.Lease       // held while primary
 	primary   lease.PrimaryInfo // the primary, while this node replicates
+	handoff   *handoff          // a handoff in progress, on the primary
 	ready     chan struct{}     // closed once primary or caught up
 	readyOnce sync.Once
 
@@ -65,6 +70,7 @@ func (n *node) open() error {
 	n.http = lhttp.NewServer(st, lhttp.ServerOptions{
 		Addr:            n.cfg.HTTP.Addr,
 		SnapshotTimeout: n.snapshotTimeout(),
+		IsPrimary:       n.IsPrimary,
 		Logger:          n.logger,
 	})
 	if err := n.http.Listen(); err != nil {
@@ -78,9 +84,13 @@ func (n *node) open() error {
 	}
 
 	n.replicator = lhttp.NewReplicator(st, lhttp.ReplicatorOptions{
-		Databases: n.cfg.Lease.Databases,
-		Logger:    n.logger,
+		Databases:    n.cfg.Lease.Databases,
+		Hostname:     n.hostname,
+		AdvertiseURL: n.advertiseURL,
+		Candidate:    n.leaser.Candidate(),
+		Logger:       n.logger,
 	})
+	n.registerAPI()
 	srv, err := fuse.Mount(n.cfg.FUSE.Dir, st, fuse.Options{
 		AllowOther: n.cfg.FUSE.AllowOther,
 		Debug:      n.cfg.FUSE.Debug,
@@ -129,20 +139,67 @@ func (n *node) newLeaser() (lease.Leaser, error) {
 		hostname, _ = os.Hostname()
 	}
 	advertise := n.cfg.Lease.AdvertiseURL
-	if advertise == "" {
+	if advertise == "" || (n.cfg.Lease.Type == "static" && !n.cfg.Lease.Candidate) {
+		// A static replica's advertise-url names the primary, not itself.
 		port := n.http.Addr().(*net.TCPAddr).Port
 		advertise = "http://" + net.JoinHostPort(hostname, strconv.Itoa(port))
 	}
+	n.hostname, n.advertiseURL = hostname, advertise
 	switch n.cfg.Lease.Type {
 	case "static":
-		return lease.NewStatic(hostname, advertise, n.cfg.Lease.Candidate), nil
+		primaryURL := n.cfg.Lease.AdvertiseURL
+		if n.cfg.Lease.Candidate {
+			primaryURL = advertise
+		}
+		return lease.NewStatic(hostname, primaryURL, n.cfg.Lease.Candidate), nil
+	case "consul":
+		c, err := lease.NewConsul(lease.ConsulOptions{
+			URL:          n.cfg.Lease.Consul.URL,
+			Key:          n.cfg.Lease.Consul.Key,
+			TTL:          n.cfg.Lease.Consul.TTL,
+			LockDelay:    n.cfg.Lease.Consul.LockDelay,
+			Hostname:     hostname,
+			AdvertiseURL: advertise,
+			Candidate:    n.cfg.Lease.Candidate,
+			Logger:       n.logger,
+		})
+		if err != nil {
+			return nil, err
+		}
+		if err := n.joinCluster(c); err != nil {
+			return nil, err
+		}
+		return c, nil
 	}
 	return nil, fmt.Errorf("lease type %q is not supported", n.cfg.Lease.Type)
 }
 
+// joinCluster checks the cluster ID against Consul, waiting a while for an
+// agent that is not up yet. A mismatch is final.
+func (n *node) joinCluster(c *lease.Consul) error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for {
+		id, err := c.JoinCluster(ctx, n.cfg.Data.Dir)
+		if err == nil {
+			n.logger.Info("cluster joined", "cluster_id", id, "key", c.Key())
+			return nil
+		}
+		if errors.Is(err, lease.ErrClusterIDMismatch) || ctx.Err() != nil {
+			return err
+		}
+		n.logger.Warn("consul not reachable yet; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(time.Second):
+		}
+	}
+}
+
 // run follows the lease until ctx ends: a candidate that acquires it serves
 // as primary until it loses it; otherwise the node replicates from the
-// primary, reconnecting with backoff when the stream ends.
+// primary until the stream ends or the lease names another primary.
 func (n *node) run(ctx context.Context) {
 	defer close(n.done)
 	backoff := newBackoff(100*time.Millisecond, n.cfg.Lease.ReconnectDelay)
@@ -162,16 +219,46 @@ func (n *node) run(ctx context.Context) {
 		}
 
 		info, err := n.leaser.PrimaryInfo(ctx)
+		if errors.Is(err, lease.ErrNoPrimary) && n.leaser.Candidate() {
+			sleep(ctx, 100*time.Millisecond) // free, or within its lock delay: try again soon
+			continue
+		}
+		if err == nil && info.AdvertiseURL == n.advertiseURL {
+			// The lease still names this node from before a restart;
+			// its old session has to expire first.
+			n.waitChange(ctx, info, 0)
+			continue
+		}
 		if err != nil {
 			n.logger.Info("no primary yet", "err", err)
 			backoff.wait(ctx)
 			continue
 		}
-		n.setReplica(info)
+		if err := n.setReplica(ctx, info); err != nil {
+			n.logger.Error("prepare databases to replicate", "err", err)
+			backoff.wait(ctx)
+			continue
+		}
 		start := time.Now()
-		err = n.replicator.Stream(ctx, info.AdvertiseURL)
+		sctx, cancel := context.WithCancel(ctx)
+		changed := make(chan struct{})
+		go func() {
+			if n.leaser.WaitChange(sctx, info) == nil {
+				close(changed)
+				cancel()
+			}
+		}()
+		err = n.replicator.Stream(sctx, info.AdvertiseURL)
+		cancel()
 		if ctx.Err() != nil {
 			return
+		}
+		select {
+		case <-changed:
+			n.logger.Info("the lease names a new primary", "old", info.Hostname)
+			backoff.reset()
+			continue
+		default:
 		}
 		n.logger.Warn("replication stream ended; reconnecting", "primary", info.Hostname, "err", err)
 		if time.Since(start) > 10*time.Second {
@@ -181,36 +268,68 @@ func (n *node) run(ctx context.Context) {
 	}
 }
 
-// servePrimary accepts writes until the lease is lost or ctx ends.
+// waitChange waits until the lease no longer names info, or for max (0
+// for no limit).
+func (n *node) waitChange(ctx context.Context, info lease.PrimaryInfo, max time.Duration) {
+	if max > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, max)
+		defer cancel()
+	}
+	n.leaser.WaitChange(ctx, info)
+}
+
+// servePrimary accepts writes until the lease ends or ctx ends.
 func (n *node) servePrimary(ctx context.Context, l lease.Lease) {
 	n.mu.Lock()
-	n.isPrimary, n.primary = true, lease.PrimaryInfo{}
+	n.isPrimary, n.primary, n.lease = true, lease.PrimaryInfo{}, l
 	n.mu.Unlock()
 	n.store.SetWritable(true)
-	n.logger.Info("primary lease acquired", "type", n.leaser.Type())
+	n.logger.Info("primary lease acquired", "type", n.leaser.Type(), "hostname", n.hostname)
 	n.markReady()
 
 	select {
 	case <-l.Done():
 		n.store.SetWritable(false)
-		n.logger.Warn("primary lease lost; no longer accepting writes")
+		n.logger.Warn("primary lease ended; no longer accepting writes")
 	case <-ctx.Done():
 		n.store.SetWritable(false)
 		l.Close()
 	}
 	n.mu.Lock()
-	n.isPrimary = false
+	n.isPrimary, n.lease = false, nil
 	n.mu.Unlock()
+	n.endHandoff()
+	n.http.DropStreams()
 }
 
-func (n *node) setReplica(info lease.PrimaryInfo) {
-	n.store.SetWritable(false)
+// setReplica makes this node a replica of info: no local writes, and
+// databases in the shape the replication stream applies to.
+func (n *node) setReplica(ctx context.Context, info lease.PrimaryInfo) error {
 	n.mu.Lock()
 	n.isPrimary, n.primary = false, info
 	n.mu.Unlock()
+	return n.store.Demote(ctx)
+}
+
+// sleep waits for d or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
 }
 
 func (n *node) markReady() { n.readyOnce.Do(func() { close(n.ready) }) }
+
+// IsPrimary reports whether this node holds the lease.
+func (n *node) IsPrimary() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.isPrimary
+}
 
 // PrimaryHostname implements fuse.Status: the primary's name, on replicas.
 func (n *node) PrimaryHostname() (string, bool) {

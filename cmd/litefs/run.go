@@ -1,0 +1,121 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	lhttp "github.com/litefs-project/litefs/http"
+)
+
+// DefaultURL is the local node's API when -url is not given.
+const DefaultURL = "http://127.0.0.1:20202"
+
+func defaultURL() string {
+	if u := os.Getenv("LITEFS_URL"); u != "" {
+		return u
+	}
+	return DefaultURL
+}
+
+// runRun implements "litefs run": optionally promote the local node, then
+// run a command.
+func runRun(args []string) error {
+	fs := flag.NewFlagSet("litefs run", flag.ContinueOnError)
+	url := fs.String("url", defaultURL(), "the local node's API (or $LITEFS_URL)")
+	promote := fs.Bool("promote", false, "make this node the primary by handoff before running the command")
+	ifCandidate := fs.Bool("if-candidate", false, "do nothing unless this node is a candidate")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "Usage: litefs run [flags] [-- CMD ARGS...]")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	argv := fs.Args()
+	if !*promote && len(argv) == 0 {
+		return errors.New("run: nothing to do: give -promote or a command after --")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	if *ifCandidate {
+		var info Info
+		if err := getJSON(ctx, *url+"/info", &info); err != nil {
+			return fmt.Errorf("run: %w", err)
+		}
+		if !info.Candidate {
+			fmt.Fprintln(os.Stderr, "litefs run: this node is not a candidate; skipping")
+			return nil
+		}
+	}
+	if *promote {
+		var info Info
+		start := time.Now()
+		if err := postJSON(ctx, *url+"/promote", struct{}{}, &info); err != nil {
+			return fmt.Errorf("run: %w", err)
+		}
+		fmt.Fprintf(os.Stderr, "litefs run: %s is the primary (%s)\n", info.Hostname, time.Since(start).Round(time.Millisecond))
+	}
+	if len(argv) == 0 {
+		return nil
+	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	status, err := runChild(argv, sigs, slog.New(slog.NewTextHandler(os.Stderr, nil)))
+	if err != nil {
+		return fmt.Errorf("run %s: %w", argv[0], err)
+	}
+	if status != 0 {
+		return exitError{code: status}
+	}
+	return nil
+}
+
+// runDemote implements "litefs demote": the local primary hands the lease
+// to a caught-up candidate.
+func runDemote(args []string) error {
+	fs := flag.NewFlagSet("litefs demote", flag.ContinueOnError)
+	url := fs.String("url", defaultURL(), "the local node's API (or $LITEFS_URL)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var info Info
+	if err := postJSON(ctx, *url+"/demote", struct{}{}, &info); err != nil {
+		return fmt.Errorf("demote: %w", err)
+	}
+	fmt.Printf("%s is the primary\n", info.Hostname)
+	return nil
+}
+
+// getJSON decodes a 200 answer from url into out.
+func getJSON(ctx context.Context, url string, out any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(url, "/"), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		var e lhttp.Error
+		json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&e)
+		return fmt.Errorf("%s: %s: %s", url, resp.Status, e.Error)
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
+}

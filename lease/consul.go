@@ -1,0 +1,328 @@
+package lease
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// Consul defaults.
+const (
+	DefaultConsulTTL       = 10 * time.Second
+	DefaultConsulLockDelay = 1 * time.Second
+
+	// handoffWindow is how long other candidates leave a lease handed to
+	// a named node alone.
+	handoffWindow = 5 * time.Second
+)
+
+// ConsulOptions configures a Consul leaser.
+type ConsulOptions struct {
+	URL          string // agent address; a token may be given as the URL's user or ?token=
+	Key          string // KV key holding the lock
+	TTL          time.Duration
+	LockDelay    time.Duration
+	Hostname     string
+	AdvertiseURL string
+	Candidate    bool
+	Logger       *slog.Logger
+}
+
+// Consul elects the primary with a Consul session and a KV lock. The
+// primary's session has a TTL it renews; the key's value names it.
+//
+// Safety: Consul frees the lock at the earliest TTL after the server last
+// saw a renewal, then refuses it to everyone for the lock delay. The
+// primary counts its TTL from the moment it sent its last successful
+// renewal, which is earlier, and gives up writes when that runs out, so it
+// has stopped before any other node can hold the lock.
+type Consul struct {
+	opts   ConsulOptions
+	client *api.Client
+	logger *slog.Logger
+}
+
+// consulValue is the key's value: LiteFS's format, plus a handoff note
+// written when the lease is released in favour of a named node.
+type consulValue struct {
+	Hostname     string `json:"hostname"`
+	AdvertiseURL string `json:"advertise-url"`
+	HandoffTo    string `json:"handoff-to,omitempty"`
+	HandoffAt    int64  `json:"handoff-at,omitempty"` // unix ms
+}
+
+// NewConsul returns a Consul leaser. It does not contact the agent.
+func NewConsul(opts ConsulOptions) (*Consul, error) {
+	if opts.Key == "" {
+		return nil, errors.New("consul lease: key is required")
+	}
+	if opts.TTL <= 0 {
+		opts.TTL = DefaultConsulTTL
+	}
+	if opts.LockDelay < 0 {
+		return nil, fmt.Errorf("consul lease: negative lock-delay %s", opts.LockDelay)
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	cfg, err := consulConfig(opts.URL)
+	if err != nil {
+		return nil, err
+	}
+	client, err := api.NewClient(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("consul lease: %w", err)
+	}
+	opts.Key = strings.TrimPrefix(opts.Key, "/")
+	return &Consul{opts: opts, client: client, logger: opts.Logger}, nil
+}
+
+// consulConfig turns lease.consul.url into a client configuration.
+func consulConfig(raw string) (*api.Config, error) {
+	cfg := api.DefaultConfig()
+	if raw == "" {
+		return cfg, nil
+	}
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return nil, fmt.Errorf("consul lease: invalid url %q: want scheme://[token@]host:port", raw)
+	}
+	cfg.Address, cfg.Scheme = u.Host, u.Scheme
+	if u.User != nil {
+		if pw, ok := u.User.Password(); ok {
+			cfg.Token = pw
+		} else {
+			cfg.Token = u.User.Username()
+		}
+	}
+	if t := u.Query().Get("token"); t != "" {
+		cfg.Token = t
+	}
+	return cfg, nil
+}
+
+func (c *Consul) Type() string         { return "consul" }
+func (c *Consul) Hostname() string     { return c.opts.Hostname }
+func (c *Consul) AdvertiseURL() string { return c.opts.AdvertiseURL }
+func (c *Consul) Candidate() bool      { return c.opts.Candidate }
+func (c *Consul) Close() error         { return nil }
+
+// Key is the KV key of the lock.
+func (c *Consul) Key() string { return c.opts.Key }
+
+// Client is the Consul API client the leaser uses.
+func (c *Consul) Client() *api.Client { return c.client }
+
+// Acquire creates a session and takes the lock with it.
+func (c *Consul) Acquire(ctx context.Context) (Lease, error) {
+	if !c.opts.Candidate {
+		return nil, ErrPrimaryExists
+	}
+	kv := c.client.KV()
+	pair, _, err := kv.Get(c.opts.Key, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("consul lease: read %s: %w", c.opts.Key, err)
+	}
+	if pair != nil {
+		if pair.Session != "" {
+			return nil, ErrPrimaryExists
+		}
+		var v consulValue
+		if json.Unmarshal(pair.Value, &v) == nil && v.HandoffTo != "" && v.HandoffTo != c.opts.Hostname &&
+			time.Since(time.UnixMilli(v.HandoffAt)) < handoffWindow {
+			return nil, ErrPrimaryExists // handed to another node
+		}
+	}
+
+	sessions := c.client.Session()
+	sent := time.Now()
+	id, _, err := sessions.Create(&api.SessionEntry{
+		Name:      "litefs-" + c.opts.Hostname,
+		TTL:       c.opts.TTL.String(),
+		LockDelay: c.opts.LockDelay,
+		Behavior:  api.SessionBehaviorDelete,
+	}, (&api.WriteOptions{}).WithContext(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("consul lease: create session: %w", err)
+	}
+	value, _ := json.Marshal(consulValue{Hostname: c.opts.Hostname, AdvertiseURL: c.opts.AdvertiseURL})
+	ok, _, err := kv.Acquire(&api.KVPair{Key: c.opts.Key, Value: value, Session: id}, (&api.WriteOptions{}).WithContext(ctx))
+	if err != nil || !ok {
+		c.destroy(id)
+		if err != nil {
+			return nil, fmt.Errorf("consul lease: acquire %s: %w", c.opts.Key, err)
+		}
+		return nil, ErrPrimaryExists // held, or within another session's lock delay
+	}
+	l := &consulLease{
+		c:       c,
+		session: id,
+		expires: sent.Add(c.opts.TTL),
+		done:    make(chan struct{}),
+		stop:    make(chan struct{}),
+	}
+	go l.keepAlive()
+	return l, nil
+}
+
+// destroy ends a session, best effort.
+func (c *Consul) destroy(id string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	c.client.Session().Destroy(id, (&api.WriteOptions{}).WithContext(ctx))
+}
+
+// PrimaryInfo reads the key: the primary is the node that holds it.
+func (c *Consul) PrimaryInfo(ctx context.Context) (PrimaryInfo, error) {
+	pair, _, err := c.client.KV().Get(c.opts.Key, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return PrimaryInfo{}, fmt.Errorf("consul lease: read %s: %w", c.opts.Key, err)
+	}
+	return primaryOf(pair)
+}
+
+func primaryOf(pair *api.KVPair) (PrimaryInfo, error) {
+	if pair == nil || pair.Session == "" {
+		return PrimaryInfo{}, ErrNoPrimary
+	}
+	var v consulValue
+	if err := json.Unmarshal(pair.Value, &v); err != nil {
+		return PrimaryInfo{}, fmt.Errorf("consul lease: value of %s is not a primary's record: %w", pair.Key, err)
+	}
+	return PrimaryInfo{Hostname: v.Hostname, AdvertiseURL: v.AdvertiseURL}, nil
+}
+
+// WaitChange follows the key with blocking queries until its holder is no
+// longer current.
+func (c *Consul) WaitChange(ctx context.Context, current PrimaryInfo) error {
+	var index uint64
+	for {
+		pair, meta, err := c.client.KV().Get(c.opts.Key, (&api.QueryOptions{WaitIndex: index, WaitTime: time.Minute}).WithContext(ctx))
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err != nil {
+			// Consul unreachable: keep following the primary we know;
+			// it steps down by itself if it loses the lease.
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(time.Second):
+			}
+			index = 0
+			continue
+		}
+		info, err := primaryOf(pair)
+		if err != nil || info != current {
+			return nil
+		}
+		if meta.LastIndex < index {
+			index = 0 // the agent's index went back: it was reset
+		} else {
+			index = meta.LastIndex
+		}
+	}
+}
+
+// consulLease is a held lock. keepAlive renews its session until it is
+// closed, handed off or lost.
+type consulLease struct {
+	c       *Consul
+	session string
+
+	mu      sync.Mutex
+	expires time.Time // TTL counted from the last renewal that succeeded
+
+	done     chan struct{} // closed when the lease ends, for any reason
+	stop     chan struct{} // closed to end keepAlive
+	stopOnce sync.Once
+	doneOnce sync.Once
+}
+
+func (l *consulLease) Done() <-chan struct{} { return l.done }
+
+func (l *consulLease) end() { l.doneOnce.Do(func() { close(l.done) }) }
+
+// keepAlive renews the session three times per TTL, retrying failures
+// quickly, and ends the lease when its TTL runs out without a renewal, or
+// when Consul says the session is gone.
+func (l *consulLease) keepAlive() {
+	ttl := l.c.opts.TTL
+	renewEvery := ttl / 3
+	ticker := time.NewTicker(renewEvery)
+	defer ticker.Stop()
+	for {
+		l.mu.Lock()
+		expires := l.expires
+		l.mu.Unlock()
+		deadline := time.NewTimer(time.Until(expires))
+		select {
+		case <-l.stop:
+			deadline.Stop()
+			return
+		case <-deadline.C:
+			l.c.logger.Error("primary lease expired: no successful renewal within the TTL", "key", l.c.opts.Key, "ttl", ttl.String())
+			l.end()
+			return
+		case <-ticker.C:
+		}
+		deadline.Stop()
+
+		sent := time.Now()
+		ctx, cancel := context.WithDeadline(context.Background(), expires)
+		entry, _, err := l.c.client.Session().Renew(l.session, (&api.WriteOptions{}).WithContext(ctx))
+		cancel()
+		switch {
+		case err == nil && entry == nil:
+			l.c.logger.Error("primary lease lost: consul invalidated the session", "key", l.c.opts.Key)
+			l.end()
+			return
+		case err != nil:
+			l.c.logger.Warn("renew primary lease", "key", l.c.opts.Key, "err", err, "expires_in", time.Until(expires).Round(time.Millisecond).String())
+			ticker.Reset(min(renewEvery, 250*time.Millisecond)) // retry soon
+			continue
+		}
+		l.mu.Lock()
+		l.expires = sent.Add(ttl)
+		l.mu.Unlock()
+		ticker.Reset(renewEvery)
+	}
+}
+
+// Handoff releases the lock with a note naming the next primary.
+func (l *consulLease) Handoff(ctx context.Context, hostname string) error {
+	l.stopOnce.Do(func() { close(l.stop) })
+	defer l.end()
+	value, _ := json.Marshal(consulValue{HandoffTo: hostname, HandoffAt: time.Now().UnixMilli()})
+	ok, _, err := l.c.client.KV().Release(&api.KVPair{Key: l.c.opts.Key, Value: value, Session: l.session}, (&api.WriteOptions{}).WithContext(ctx))
+	l.c.destroy(l.session)
+	if err != nil {
+		return fmt.Errorf("consul lease: release %s: %w", l.c.opts.Key, err)
+	}
+	if !ok {
+		return fmt.Errorf("consul lease: release %s: this node no longer held it", l.c.opts.Key)
+	}
+	return nil
+}
+
+// Close releases the lock and destroys the session.
+func (l *consulLease) Close() error {
+	l.stopOnce.Do(func() { close(l.stop) })
+	defer l.end()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_, _, err := l.c.client.KV().Release(&api.KVPair{Key: l.c.opts.Key, Session: l.session}, (&api.WriteOptions{}).WithContext(ctx))
+	l.c.destroy(l.session)
+	if err != nil {
+		return fmt.Errorf("consul lease: release %s: %w", l.c.opts.Key, err)
+	}
+	return nil
+}

@@ -1,0 +1,146 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/litefs-project/litefs/internal/rangelock"
+	"github.com/litefs-project/litefs/internal/sqlite"
+)
+
+// This file handles a node changing role. A replica's database file holds
+// the whole committed content and its WAL stays empty (see apply.go); a
+// primary's committed pages may still sit in its WAL, and a transaction
+// may be half written. Before a former primary applies anything from the
+// new one, Demote folds the committed WAL into the database file and rolls
+// back what was never committed.
+
+// holdOwner is the lock owner under which the daemon holds off writers.
+const holdOwner rangelock.Owner = 0x4c69746546530002
+
+// HoldWrites waits for every database's in-flight write transaction to
+// end and keeps new ones out (they get SQLITE_BUSY) until release is
+// called. It takes the locks SQLite writers take: RESERVED on the database
+// file and the WAL write lock.
+func (s *Store) HoldWrites(ctx context.Context) (release func(), err error) {
+	var releases []func()
+	release = func() {
+		for _, r := range releases {
+			r()
+		}
+	}
+	for _, db := range s.DBs() {
+		r, err := db.holdWrites(ctx)
+		if err != nil {
+			release()
+			return nil, err
+		}
+		releases = append(releases, r)
+	}
+	return release, nil
+}
+
+func (db *DB) holdWrites(ctx context.Context) (func(), error) {
+	reserved := rangelock.Lock{Owner: holdOwner, Start: sqlite.ReservedByte, End: sqlite.ReservedByte, Type: rangelock.Write}
+	walWrite := rangelock.Lock{Owner: holdOwner, Start: shmLockWrite, End: shmLockWrite, Type: rangelock.Write}
+	release := func() {
+		db.shmLocks.TryLock(rangelock.Lock{Owner: holdOwner, Start: walWrite.Start, End: walWrite.End, Type: rangelock.Unlock})
+		db.dbLocks.TryLock(rangelock.Lock{Owner: holdOwner, Start: reserved.Start, End: reserved.End, Type: rangelock.Unlock})
+	}
+	if err := db.dbLocks.Lock(ctx, reserved); err != nil {
+		return nil, fmt.Errorf("hold writes on %s: %w", db.name, err)
+	}
+	if err := db.shmLocks.Lock(ctx, walWrite); err != nil {
+		release()
+		return nil, fmt.Errorf("hold writes on %s: %w", db.name, err)
+	}
+	return release, nil
+}
+
+// Demote stops local writes and brings every database's files to the
+// shape a replica keeps: committed content in the database file alone.
+func (s *Store) Demote(ctx context.Context) error {
+	s.SetWritable(false)
+	var errs []error
+	for _, db := range s.DBs() {
+		if err := db.settle(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// settle rolls back an interrupted rollback-journal transaction and copies
+// the WAL's committed pages into the database file, with readers out.
+func (db *DB) settle(ctx context.Context) error {
+	db.mu.Lock()
+	needed := db.journalHot() || db.tx.pending() || len(db.walState.pages) > 0 || db.walState.commitEnd > sqlite.WALHeaderSize
+	db.mu.Unlock()
+	if !needed {
+		return nil
+	}
+	unlock, err := db.lockReaders(ctx)
+	if err != nil {
+		return fmt.Errorf("settle %s: %w", db.name, err)
+	}
+	defer unlock()
+
+	db.mu.Lock()
+	err = db.settleLocked()
+	pageSize := db.chk.pageSize
+	db.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("settle %s: %w", db.name, err)
+	}
+	db.afterApply(nil, pageSize)
+	return nil
+}
+
+// settleLocked does settle's work. Caller holds db.mu and the reader locks.
+func (db *DB) settleLocked() error {
+	if db.journalHot() {
+		if err := db.rollbackHotJournal(); err != nil {
+			return err
+		}
+		db.journalExists = false
+	} else if db.tx.pending() {
+		db.logger.Warn("uncommitted writes without a journal are left in the database file", "pages", len(db.tx.dirty))
+	}
+	db.tx = rollbackTx{dirty: make(map[uint32]struct{})}
+
+	if n := len(db.walState.pages); n > 0 {
+		buf := make([]byte, db.chk.pageSize)
+		for pgno := range db.walState.pages {
+			if err := db.readPage(pgno, buf); err != nil {
+				return err
+			}
+			off := int64(pgno-1) * int64(len(buf))
+			if err := db.beforeDatabaseWrite(off, int64(len(buf))); err != nil {
+				return err
+			}
+			if _, err := db.dbFile.WriteAt(buf, off); err != nil {
+				return err
+			}
+		}
+		db.logger.Info("copied committed WAL pages into the database file", "pages", n, "pos", db.pos.String())
+	}
+	size := int64(db.chk.PageN()) * int64(db.chk.pageSize)
+	if err := db.beforeDatabaseTruncate(size); err != nil {
+		return err
+	}
+	if err := db.dbFile.Truncate(size); err != nil {
+		return err
+	}
+	if err := db.dbFile.Sync(); err != nil {
+		return err
+	}
+	if err := db.beforeWALTruncate(0); err != nil {
+		return err
+	}
+	if err := db.wal.Truncate(0); err != nil {
+		return err
+	}
+	db.walState.reset()
+	return nil
+}

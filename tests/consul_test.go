@@ -1,0 +1,504 @@
+package tests
+
+import (
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/litefs-project/litefs/internal/testutil"
+)
+
+// Lease timings for tests: short, so that failover takes seconds.
+const (
+	testTTL       = 2 * time.Second
+	testLockDelay = 500 * time.Millisecond
+	// failoverLimit is what the lease allows: Consul frees an unrenewed
+	// session after up to twice its TTL, then holds the lock for the lock
+	// delay; the rest is margin for a loaded machine.
+	failoverLimit = 2*testTTL + testLockDelay + 10*time.Second
+)
+
+type nodeInfo struct {
+	Hostname  string `json:"hostname"`
+	IsPrimary bool   `json:"isPrimary"`
+	Candidate bool   `json:"candidate"`
+	Primary   string `json:"primary"`
+}
+
+func getInfo(n *testutil.Node) (nodeInfo, error) {
+	c := http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get(n.URL() + "/info")
+	if err != nil {
+		return nodeInfo{}, err
+	}
+	defer resp.Body.Close()
+	var info nodeInfo
+	err = json.NewDecoder(resp.Body).Decode(&info)
+	return info, err
+}
+
+// consulKey is a key of the test's own.
+func consulKey(t *testing.T) string {
+	return "litefs/" + regexp.MustCompile(`[^A-Za-z0-9]+`).ReplaceAllString(t.Name(), "-")
+}
+
+// startConsulNode starts a node on the Consul lease.
+func startConsulNode(t *testing.T, c *testutil.Consul, name string, candidate bool) *testutil.Node {
+	t.Helper()
+	n := testutil.NewNode(t, testutil.NodeConfig{Name: name})
+	n.WriteConfig(t, n.ConsulLease(c, consulKey(t), candidate, testTTL, testLockDelay))
+	n.Start(t)
+	return n
+}
+
+// waitPrimary waits until exactly one of nodes says it is the primary, and
+// every other running node names it.
+func waitPrimary(t *testing.T, nodes []*testutil.Node, timeout time.Duration) *testutil.Node {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		var primaries []*testutil.Node
+		agreed := true
+		infos := map[*testutil.Node]nodeInfo{}
+		for _, n := range nodes {
+			if !n.Running() {
+				continue
+			}
+			info, err := getInfo(n)
+			if err != nil {
+				agreed = false
+				continue
+			}
+			infos[n] = info
+			if info.IsPrimary {
+				primaries = append(primaries, n)
+			}
+		}
+		if len(primaries) > 1 {
+			t.Fatalf("%d nodes say they are primary", len(primaries))
+		}
+		if len(primaries) == 1 && agreed {
+			for n, info := range infos {
+				if n != primaries[0] && info.Primary != primaries[0].Config.Name {
+					agreed = false
+				}
+			}
+			if agreed {
+				return primaries[0]
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no single primary within %s: %+v", timeout, infos)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// tryWrite inserts one row through a fresh connection and reports the error.
+func tryWrite(n *testutil.Node, db, value string) error {
+	conn, err := sql.Open("sqlite3", "file:"+n.Path(db)+"?_busy_timeout=200")
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	_, err = conn.Exec("INSERT INTO t (v) VALUES (?)", value)
+	return err
+}
+
+func createTable(t *testing.T, n *testutil.Node, db string) {
+	t.Helper()
+	conn := testutil.OpenDB(t, n.Path(db), "WAL")
+	testutil.Exec(t, conn, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT UNIQUE)")
+	conn.Close()
+}
+
+func rowSet(t *testing.T, n *testutil.Node, db string) map[string]bool {
+	t.Helper()
+	conn := testutil.OpenDB(t, n.Path(db), "")
+	defer conn.Close()
+	rows, err := conn.Query("SELECT v FROM t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	m := map[string]bool{}
+	for rows.Next() {
+		var v string
+		if err := rows.Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		m[v] = true
+	}
+	return m
+}
+
+// TestConsulElectionAndFailover: three nodes elect one primary; its writes
+// reach the others; when it is killed a caught-up candidate takes over and
+// the cluster converges; the old primary rejoins as a replica; the
+// non-candidate never becomes primary, even when it is the last one left.
+func TestConsulElectionAndFailover(t *testing.T) {
+	c := testutil.StartConsul(t)
+	a := startConsulNode(t, c, "a", true)
+	b := startConsulNode(t, c, "b", true)
+	n3 := startConsulNode(t, c, "c", false)
+	nodes := []*testutil.Node{a, b, n3}
+
+	p := waitPrimary(t, nodes, failoverLimit)
+	if p == n3 {
+		t.Fatal("the non-candidate became primary")
+	}
+	createTable(t, p, "db")
+	for i := 0; i < 50; i++ {
+		if err := tryWrite(p, "db", fmt.Sprintf("before-%d", i)); err != nil {
+			t.Fatalf("write on primary %s: %v", p.Config.Name, err)
+		}
+	}
+	for _, n := range nodes {
+		if n != p {
+			checkReplica(t, p, n, "db", "")
+			if err := tryWrite(n, "db", "on-replica"); err == nil {
+				t.Fatalf("a write on replica %s succeeded", n.Config.Name)
+			}
+		}
+	}
+
+	p.Kill(t)
+	var next *testutil.Node
+	deadline := time.Now().Add(failoverLimit)
+	for next == nil {
+		for _, n := range nodes {
+			if n != p && tryWrite(n, "db", "after-failover") == nil {
+				next = n
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no node writable within %s of killing the primary", failoverLimit)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if next == n3 {
+		t.Fatal("the non-candidate became primary")
+	}
+	if got := waitPrimary(t, nodes, failoverLimit); got != next {
+		t.Fatalf("primary is %s, but %s took the write", got.Config.Name, next.Config.Name)
+	}
+	checkReplica(t, next, n3, "db", "")
+
+	// The old primary comes back as a replica of the new one.
+	p.Start(t)
+	if got := waitPrimary(t, nodes, failoverLimit); got != next {
+		t.Fatalf("after the old primary returned, the primary is %s", got.Config.Name)
+	}
+	checkReplica(t, next, p, "db", "")
+	if rows := rowSet(t, p, "db"); !rows["after-failover"] || len(rows) != 51 {
+		t.Fatalf("old primary has %d rows after rejoining, want 51", len(rows))
+	}
+
+	// With both candidates gone, the non-candidate stays a replica.
+	p.Kill(t)
+	next.Kill(t)
+	time.Sleep(2*testTTL + testLockDelay + time.Second)
+	info, err := getInfo(n3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.IsPrimary {
+		t.Fatal("the non-candidate took the lease")
+	}
+	if err := tryWrite(n3, "db", "orphan"); err == nil {
+		t.Fatal("a write on the non-candidate succeeded with no primary")
+	}
+	if n3.LogContains("primary lease acquired") {
+		t.Fatal("the non-candidate logged acquiring the lease")
+	}
+}
+
+// TestConsulDivergedPrimaryRejoins: a transaction the primary committed
+// but never replicated is discarded, and logged, when it rejoins a cluster
+// that moved on without it.
+func TestConsulDivergedPrimaryRejoins(t *testing.T) {
+	c := testutil.StartConsul(t)
+	a := startConsulNode(t, c, "a", true)
+	if waitPrimary(t, []*testutil.Node{a}, failoverLimit) != a {
+		t.Fatal("a is not primary")
+	}
+	b := startConsulNode(t, c, "b", true)
+	n3 := startConsulNode(t, c, "c", false)
+	createTable(t, a, "db")
+	for i := 0; i < 20; i++ {
+		if err := tryWrite(a, "db", fmt.Sprintf("shared-%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkReplica(t, a, b, "db", "")
+	checkReplica(t, a, n3, "db", "")
+
+	// The replicas go away; the primary commits alone, then dies.
+	b.Stop(t)
+	n3.Stop(t)
+	if err := tryWrite(a, "db", "lost"); err != nil {
+		t.Fatal(err)
+	}
+	lostPos := a.Pos(t, "db")
+	a.Kill(t)
+
+	b.Start(t)
+	n3.Start(t)
+	if p := waitPrimary(t, []*testutil.Node{b, n3}, failoverLimit); p != b {
+		t.Fatalf("primary is %s, want b", p.Config.Name)
+	}
+	if err := tryWrite(b, "db", "new-primary"); err != nil {
+		t.Fatal(err)
+	}
+
+	a.Start(t)
+	if p := waitPrimary(t, []*testutil.Node{a, b, n3}, failoverLimit); p != b {
+		t.Fatalf("primary is %s after a returned, want b", p.Config.Name)
+	}
+	checkReplica(t, b, a, "db", "")
+	checkReplica(t, b, n3, "db", "")
+	rows := rowSet(t, a, "db")
+	if rows["lost"] || !rows["new-primary"] || len(rows) != 21 {
+		t.Fatalf("rejoined node has rows %v", rows)
+	}
+	want := fmt.Sprintf("txids=%s-%s", lostPos.TXID, lostPos.TXID)
+	a.WaitLog(t, "discarded local transactions", 10*time.Second)
+	if !a.LogContains(want) {
+		t.Fatalf("the rejoined node's log does not name the discarded transaction (%s)", want)
+	}
+}
+
+// TestConsulHandoffUnderLoad: `litefs run -promote` moves the lease to a
+// candidate while a writer keeps writing to the primary; every write the
+// writer saw succeed is on the new primary. `litefs demote` moves it back.
+func TestConsulHandoffUnderLoad(t *testing.T) {
+	c := testutil.StartConsul(t)
+	a := startConsulNode(t, c, "a", true)
+	if waitPrimary(t, []*testutil.Node{a}, failoverLimit) != a {
+		t.Fatal("a is not primary")
+	}
+	b := startConsulNode(t, c, "b", true)
+	n3 := startConsulNode(t, c, "c", false)
+	nodes := []*testutil.Node{a, b, n3}
+	createTable(t, a, "db")
+	checkReplica(t, a, b, "db", "")
+
+	handoff := func(from, to *testutil.Node, args ...string) {
+		var (
+			stop  atomic.Bool
+			wg    sync.WaitGroup
+			mu    sync.Mutex
+			acked []string
+		)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			conn, err := sql.Open("sqlite3", "file:"+from.Path("db")+"?_busy_timeout=5000")
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer conn.Close()
+			conn.SetMaxOpenConns(1)
+			for i := 0; !stop.Load(); i++ {
+				v := fmt.Sprintf("%s-%d", from.Config.Name, i)
+				if _, err := conn.Exec("INSERT INTO t (v) VALUES (?)", v); err == nil {
+					mu.Lock()
+					acked = append(acked, v)
+					mu.Unlock()
+				}
+			}
+		}()
+		time.Sleep(300 * time.Millisecond)
+		out, code := runLiteFS(t, args...)
+		if code != 0 {
+			stop.Store(true)
+			wg.Wait()
+			t.Fatalf("litefs %s: exit %d\n%s", strings.Join(args, " "), code, out)
+		}
+		time.Sleep(200 * time.Millisecond)
+		stop.Store(true)
+		wg.Wait()
+		if p := waitPrimary(t, nodes, failoverLimit); p != to {
+			t.Fatalf("after handoff the primary is %s, want %s", p.Config.Name, to.Config.Name)
+		}
+		if err := tryWrite(from, "db", "after-handoff-"+from.Config.Name); err == nil {
+			t.Fatalf("%s still accepts writes after handing off", from.Config.Name)
+		}
+		rows := rowSet(t, to, "db")
+		mu.Lock()
+		defer mu.Unlock()
+		if len(acked) == 0 {
+			t.Fatal("the writer committed nothing before the handoff")
+		}
+		for _, v := range acked {
+			if !rows[v] {
+				t.Fatalf("write %s, acknowledged by %s, is missing on %s", v, from.Config.Name, to.Config.Name)
+			}
+		}
+		t.Logf("%d writes acknowledged on %s before the handoff, all present on %s", len(acked), from.Config.Name, to.Config.Name)
+		for _, n := range nodes {
+			if n != to {
+				checkReplica(t, to, n, "db", "")
+			}
+		}
+	}
+	handoff(a, b, "run", "-url", b.URL(), "-promote")
+	handoff(b, a, "demote", "-url", b.URL())
+}
+
+// TestConsulOutage: with Consul stopped past the TTL the primary steps
+// down; while writes are tried on every node throughout, no two nodes
+// accept one in the same round, and every accepted write survives.
+func TestConsulOutage(t *testing.T) {
+	c := testutil.StartConsul(t)
+	a := startConsulNode(t, c, "a", true)
+	b := startConsulNode(t, c, "b", true)
+	n3 := startConsulNode(t, c, "c", false)
+	nodes := []*testutil.Node{a, b, n3}
+	p := waitPrimary(t, nodes, failoverLimit)
+	createTable(t, p, "db")
+	for _, n := range nodes {
+		if n != p {
+			checkReplica(t, p, n, "db", "")
+		}
+	}
+
+	var (
+		stop     atomic.Bool
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		accepted []string
+		zeroSeen atomic.Bool
+		rounds   atomic.Int64
+		probeErr error
+	)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for round := 0; !stop.Load(); round++ {
+			var ok []string
+			for _, n := range nodes {
+				v := fmt.Sprintf("r%d-%s", round, n.Config.Name)
+				if tryWrite(n, "db", v) == nil {
+					ok = append(ok, v)
+				}
+			}
+			mu.Lock()
+			accepted = append(accepted, ok...)
+			if len(ok) > 1 && probeErr == nil {
+				probeErr = fmt.Errorf("round %d: %d nodes accepted a write: %v", round, len(ok), ok)
+			}
+			mu.Unlock()
+			if len(ok) == 0 {
+				zeroSeen.Store(true)
+			}
+			rounds.Add(1)
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+
+	time.Sleep(time.Second)
+	c.Stop()
+	// The primary must step down once its TTL runs out without renewal.
+	deadline := time.Now().Add(testTTL + 5*time.Second)
+	for !p.LogContains("primary lease expired") && !p.LogContains("primary lease lost") {
+		if time.Now().After(deadline) {
+			t.Fatal("the primary did not step down with Consul gone past the TTL")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(time.Second)
+	for _, n := range nodes {
+		if err := tryWrite(n, "db", "during-outage-"+n.Config.Name); err == nil {
+			t.Fatalf("%s accepts writes with Consul down past the TTL", n.Config.Name)
+		}
+	}
+
+	c.Start()
+	np := waitPrimary(t, nodes, failoverLimit)
+	deadline = time.Now().Add(failoverLimit)
+	for tryWrite(np, "db", "after-outage") != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the new primary does not accept writes")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond)
+	stop.Store(true)
+	wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	if probeErr != nil {
+		t.Fatal(probeErr)
+	}
+	if !zeroSeen.Load() {
+		t.Fatal("the probe never saw the cluster without a writable node")
+	}
+	for _, n := range nodes {
+		if n != np {
+			checkReplica(t, np, n, "db", "")
+		}
+	}
+	rows := rowSet(t, np, "db")
+	for _, v := range accepted {
+		if !rows[v] {
+			t.Fatalf("accepted write %s is missing after the outage", v)
+		}
+	}
+	t.Logf("%d probe rounds, %d writes accepted, all kept", rounds.Load(), len(accepted))
+}
+
+// TestConsulClusterIDMismatch: a node whose data directory belongs to
+// another cluster refuses to join.
+func TestConsulClusterIDMismatch(t *testing.T) {
+	c := testutil.StartConsul(t)
+	a := startConsulNode(t, c, "a", true)
+	waitPrimary(t, []*testutil.Node{a}, failoverLimit)
+	id, err := os.ReadFile(filepath.Join(a.DataDir, "clusterid"))
+	if err != nil {
+		t.Fatalf("the node kept no cluster ID: %v", err)
+	}
+
+	b := testutil.NewNode(t, testutil.NodeConfig{Name: "b"})
+	b.WriteConfig(t, b.ConsulLease(c, consulKey(t), true, testTTL, testLockDelay))
+	if err := os.MkdirAll(b.DataDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	other := "LFSC0123456789ABCDEF"
+	if err := os.WriteFile(filepath.Join(b.DataDir, "clusterid"), []byte(other+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(testutil.Binary(t), "mount", "-config", b.CfgPath)
+	done := make(chan struct{})
+	var out []byte
+	go func() {
+		out, _ = cmd.CombinedOutput()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		<-done
+		t.Fatal("a node with another cluster's data did not exit")
+	}
+	if cmd.ProcessState.ExitCode() == 0 {
+		t.Fatalf("a node with another cluster's data exited 0:\n%s", out)
+	}
+	msg := string(out)
+	if !strings.Contains(msg, "cluster ID mismatch") || !strings.Contains(msg, other) || !strings.Contains(msg, strings.TrimSpace(string(id))) {
+		t.Fatalf("error does not explain the mismatch:\n%s", msg)
+	}
+}
