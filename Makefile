@@ -28,8 +28,8 @@ test: deps consul
 	@unformatted="$$(gofmt -l .)"; if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 	LITEFS_CONSUL="$$(scripts/install-consul.sh 2>/dev/null | tail -n1)" $(GO) test -race -timeout 25m ./...
 
-bench: deps build
-	$(GO) run ./cmd/litefs-bench -litefs $(BIN)/litefs
+bench: deps consul build
+	LITEFS_CONSUL="$$(scripts/install-consul.sh 2>/dev/null | tail -n1)" $(GO) run ./cmd/litefs-bench -litefs $(BIN)/litefs
 
 demo: deps build
 	@scripts/demo.sh $(BIN)/litefs

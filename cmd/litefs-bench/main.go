@@ -23,7 +23,10 @@ import (
 func main() {
 	binary := flag.String("litefs", "bin/litefs", "litefs binary to benchmark")
 	duration := flag.Duration("duration", 3*time.Second, "how long each write workload runs")
-	only := flag.String("only", "write,lag,snapshot", "which benchmarks to run")
+	only := flag.String("only", "write,lag,snapshot,lease", "which benchmarks to run")
+	leaseRuns := flag.Int("lease-runs", 3, "failovers and handoffs measured")
+	leaseTTL := flag.Duration("lease-ttl", 10*time.Second, "lease.consul.ttl for the lease benchmark")
+	leaseLockDelay := flag.Duration("lease-lock-delay", time.Second, "lease.consul.lock-delay for the lease benchmark")
 	lagCommits := flag.Int("lag-commits", 1000, "commits measured for replication lag")
 	snapshotMiB := flag.Int64("snapshot-mib", 1024, "size of the database a new replica copies, in MiB")
 	workdir := flag.String("dir", "", "directory for data (default: a temporary directory)")
@@ -46,6 +49,8 @@ func main() {
 			runLagBench(h, *lagCommits)
 		case "snapshot":
 			runSnapshotBench(h, *snapshotMiB<<20)
+		case "lease":
+			runLeaseBench(h, *leaseRuns, *leaseTTL, *leaseLockDelay)
 		default:
 			h.Fatalf("unknown benchmark %q", b)
 		}
