@@ -69,7 +69,13 @@ func (s *Server) open(r *bfuse.OpenRequest) {
 	case writing && n.kind == store.FilePos:
 		r.RespondError(syscall.EACCES)
 		return
-	case writing && !s.store.Writable() && (n.kind == store.FileJournal || n.kind == store.FileWAL):
+	case writing && !s.store.Writable() && n.kind == store.FileJournal:
+		// Refusing the journal makes SQLite report "attempt to write a
+		// readonly database" at once; it opens a journal per transaction,
+		// so the connection can write once the node is primary. A WAL is
+		// kept open for a connection's life, and SQLite would keep one it
+		// could only open read-only that way, so a WAL opens read-write
+		// and a replica refuses the writes themselves.
 		s.failOpen(r, "open", n.name, store.ErrReadOnly)
 		return
 	}

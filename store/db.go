@@ -67,6 +67,7 @@ type DB struct {
 	walState      walState
 	views         []*view       // pinned by snapshots being read out
 	changed       chan struct{} // closed and replaced on every commit
+	refusedAt     time.Time     // when a refused write was last logged
 	closed        bool
 }
 
@@ -300,6 +301,10 @@ func (db *DB) WriteAt(kind FileKind, p []byte, off int64) (int, error) {
 		return 0, fmt.Errorf("write %s of %s: %w", kind, db.name, syscall.EACCES)
 	}
 	if !db.store.Writable() {
+		if time.Since(db.refusedAt) > 10*time.Second {
+			db.refusedAt = time.Now()
+			db.logger.Warn("write refused: this node is not the primary", "file", kind.String())
+		}
 		return 0, fmt.Errorf("write %s of %s: %w", kind, db.name, ErrReadOnly)
 	}
 	switch kind {

@@ -172,6 +172,16 @@ func TestConsulElectionAndFailover(t *testing.T) {
 		}
 	}
 
+	// Connections an application opened while its node was a replica.
+	pools := map[*testutil.Node]*sql.DB{}
+	for _, n := range nodes {
+		if n != p {
+			pool := testutil.OpenDB(t, n.Path("db"), "WAL")
+			testutil.Count(t, pool, "t")
+			pools[n] = pool
+		}
+	}
+
 	p.Kill(t)
 	var next *testutil.Node
 	deadline := time.Now().Add(failoverLimit)
@@ -193,6 +203,9 @@ func TestConsulElectionAndFailover(t *testing.T) {
 	if got := waitPrimary(t, nodes, failoverLimit); got != next {
 		t.Fatalf("primary is %s, but %s took the write", got.Config.Name, next.Config.Name)
 	}
+	if _, err := pools[next].Exec("INSERT INTO t (v) VALUES ('old-connection')"); err != nil {
+		t.Fatalf("a connection opened while %s was a replica cannot write now that it is primary: %v", next.Config.Name, err)
+	}
 	checkReplica(t, next, n3, "db", "")
 
 	// The old primary comes back as a replica of the new one.
@@ -201,8 +214,8 @@ func TestConsulElectionAndFailover(t *testing.T) {
 		t.Fatalf("after the old primary returned, the primary is %s", got.Config.Name)
 	}
 	checkReplica(t, next, p, "db", "")
-	if rows := rowSet(t, p, "db"); !rows["after-failover"] || len(rows) != 51 {
-		t.Fatalf("old primary has %d rows after rejoining, want 51", len(rows))
+	if rows := rowSet(t, p, "db"); !rows["after-failover"] || !rows["old-connection"] || len(rows) != 52 {
+		t.Fatalf("old primary has %d rows after rejoining, want 52", len(rows))
 	}
 
 	// With both candidates gone, the non-candidate stays a replica.
