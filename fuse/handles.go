@@ -69,7 +69,7 @@ func (s *Server) open(r *bfuse.OpenRequest) {
 	case writing && n.kind == store.FilePos:
 		r.RespondError(syscall.EACCES)
 		return
-	case writing && !s.store.Writable() && n.kind == store.FileJournal:
+	case writing && n.kind == store.FileJournal && !n.db.Writable():
 		// Refusing the journal makes SQLite report "attempt to write a
 		// readonly database" at once; it opens a journal per transaction,
 		// so the connection can write once the node is primary. A WAL is
@@ -209,15 +209,23 @@ func (s *Server) lock(r *bfuse.LockRequest) {
 		s.fail(r, "lock", "", err)
 		return
 	}
-	ok, err := n.db.Lock(n.kind, req)
-	switch {
-	case err != nil:
-		s.fail(r, "lock", n.name, err)
-	case !ok:
-		r.RespondError(syscall.EAGAIN)
-	default:
-		r.Respond()
+	do := func() {
+		ok, err := n.db.Lock(n.kind, req)
+		switch {
+		case err != nil:
+			s.fail(r, "lock", n.name, err)
+		case !ok:
+			r.RespondError(syscall.EAGAIN)
+		default:
+			r.Respond()
+		}
 	}
+	if n.kind == store.FileLock {
+		// The HALT lock may be the primary's: a network round trip.
+		s.goAsync(r, func(context.Context) { do() })
+		return
+	}
+	do()
 }
 
 func (s *Server) unlock(r *bfuse.UnlockRequest) {
@@ -233,12 +241,27 @@ func (s *Server) unlock(r *bfuse.UnlockRequest) {
 	r.Respond()
 }
 
+// lockHaltWait takes a lock on the HALT file, off the serve loop.
+func (s *Server) lockHaltWait(r *bfuse.LockWaitRequest, n *node, req rangelock.Lock) {
+	s.goAsync(r, func(ctx context.Context) {
+		if err := n.db.LockWait(ctx, n.kind, req); err != nil {
+			s.fail(r, "lock", n.name, err)
+			return
+		}
+		r.Respond()
+	})
+}
+
 // lockWait tries the lock at once and, only if another owner holds it,
 // waits on a goroutine of its own so the serve loop keeps going.
 func (s *Server) lockWait(r *bfuse.LockWaitRequest) {
 	n, req, err := s.lockTarget(r.Handle, r.LockOwner, r.Lock)
 	if err != nil {
 		s.fail(r, "lock", "", err)
+		return
+	}
+	if n.kind == store.FileLock {
+		s.lockHaltWait(r, n, req)
 		return
 	}
 	if ok, err := n.db.Lock(n.kind, req); err != nil {

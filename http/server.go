@@ -29,6 +29,8 @@ type ServerOptions struct {
 	HeartbeatInterval time.Duration // how often an idle stream carries a heartbeat
 	WriteTimeout      time.Duration // how long one frame may take to send
 	SnapshotTimeout   time.Duration // how long a snapshot frame may take to send
+	// HaltTTL is how long a granted HALT lock lives without keepalive.
+	HaltTTL time.Duration
 	// IsPrimary reports whether this node serves replication streams;
 	// nil means whenever the store is writable.
 	IsPrimary func() bool
@@ -62,11 +64,15 @@ func NewServer(st *store.Store, opts ServerOptions) *Server {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	if opts.HaltTTL <= 0 {
+		opts.HaltTTL = DefaultHaltTTL
+	}
 	if opts.IsPrimary == nil {
 		opts.IsPrimary = st.Writable
 	}
 	s := &Server{store: st, opts: opts, logger: opts.Logger, mux: http.NewServeMux(), streams: make(map[*stream]struct{})}
 	s.mux.HandleFunc("POST /stream", s.handleStream)
+	s.registerHalt()
 	s.mux.HandleFunc("/debug/pprof/", pprof.Index)
 	s.mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 	s.mux.HandleFunc("/debug/pprof/profile", pprof.Profile)

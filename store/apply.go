@@ -82,8 +82,13 @@ func (s *Store) DropDB(name string) error {
 	return nil
 }
 
-// applyChangeset verifies data against the database, then applies it.
+// applyChangeset verifies data against the database, then applies it. A
+// changeset this node already has (its own, sent to the primary under the
+// HALT lock and streamed back) is skipped.
 func (db *DB) applyChangeset(ctx context.Context, data io.ReaderAt, size int64) (ltx.Pos, error) {
+	if pos, ok := db.alreadyHas(data, size); ok {
+		return pos, nil
+	}
 	hdr, trailer, pgnos, err := db.verifyChangeset(io.NewSectionReader(data, 0, size))
 	if err != nil {
 		return ltx.Pos{}, err
@@ -96,6 +101,13 @@ func (db *DB) applyChangeset(ctx context.Context, data io.ReaderAt, size int64) 
 	defer unlock()
 
 	db.mu.Lock()
+	// Pages committed locally under the HALT lock may still be in the
+	// WAL; they go into the database file before anything is written over
+	// them.
+	if err := db.settleLocked(); err != nil {
+		db.mu.Unlock()
+		return db.Pos(), fmt.Errorf("apply changeset to %s: %w", db.name, err)
+	}
 	pos, err := db.writeChangeset(hdr, trailer, io.NewSectionReader(data, 0, size))
 	db.mu.Unlock()
 	if err != nil {
@@ -103,6 +115,28 @@ func (db *DB) applyChangeset(ctx context.Context, data io.ReaderAt, size int64) 
 	}
 	db.afterApply(pgnos, hdr.PageSize)
 	return pos, nil
+}
+
+// alreadyHas reports whether the changeset in data is one this database
+// has already committed, with the same post-apply checksum.
+func (db *DB) alreadyHas(data io.ReaderAt, size int64) (ltx.Pos, bool) {
+	hdr, err := ltx.DecodeHeader(io.NewSectionReader(data, 0, size))
+	if err != nil {
+		return ltx.Pos{}, false
+	}
+	cur := db.Pos()
+	if hdr.MaxTXID > cur.TXID {
+		return ltx.Pos{}, false
+	}
+	info, err := db.log.Info(hdr.MaxTXID)
+	if err != nil {
+		return ltx.Pos{}, false
+	}
+	_, trailer, err := ltx.Verify(io.NewSectionReader(data, 0, size))
+	if err != nil || trailer.PostApplyChecksum != info.Pos().PostApplyChecksum {
+		return ltx.Pos{}, false
+	}
+	return cur, true
 }
 
 // verifyChangeset decodes a whole changeset and checks that it continues
@@ -384,6 +418,9 @@ func (db *DB) lockReaders(ctx context.Context) (func(), error) {
 	}
 	db.turn.applying.Store(true)
 	shm := rangelock.Lock{Owner: applyOwner, Start: shmLockWrite, End: shmLockRead4, Type: rangelock.Write}
+	if db.shmLocks.Holds(holdOwner, shmLockWrite, shmLockWrite, rangelock.Write) {
+		shm.Start++ // writers are held off already (HoldWrites)
+	}
 	pending := rangelock.Lock{Owner: applyOwner, Start: sqlite.PendingByte, End: sqlite.PendingByte, Type: rangelock.Write}
 	release := func() {
 		db.dbLocks.TryLock(rangelock.Lock{Owner: applyOwner, Start: pending.Start, End: pending.End, Type: rangelock.Unlock})
@@ -401,7 +438,7 @@ func (db *DB) lockReaders(ctx context.Context) (func(), error) {
 	const sharedEnd = sqlite.SharedFirst + sqlite.SharedSize - 1
 	err := db.dbLocks.Wait(ctx, func(locks []rangelock.Lock) bool {
 		for _, l := range locks {
-			if l.Owner == applyOwner || l.End < sqlite.ReservedByte || l.Start > sharedEnd {
+			if l.Owner == applyOwner || l.Owner == holdOwner || l.End < sqlite.ReservedByte || l.Start > sharedEnd {
 				continue
 			}
 			walConn := l.Type == rangelock.Read && l.Start >= sqlite.SharedFirst &&

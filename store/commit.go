@@ -437,6 +437,11 @@ func (db *DB) commit(c change) error {
 	if err != nil {
 		return fmt.Errorf("commit %s: %w", db.name, err)
 	}
+	if !db.store.Writable() && db.halt != nil && db.halt.remote != nil {
+		if err := db.forwardLocked(pos.TXID); err != nil {
+			return err
+		}
+	}
 	if c.sync {
 		if err := db.log.Sync(); err != nil {
 			return fmt.Errorf("commit %s: %w", db.name, err)

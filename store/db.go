@@ -68,6 +68,8 @@ type DB struct {
 	views         []*view       // pinned by snapshots being read out
 	changed       chan struct{} // closed and replaced on every commit
 	refusedAt     time.Time     // when a refused write was last logged
+	halt          *localHalt    // the HALT lock taken through this mount
+	grant         *haltGrant    // the HALT lock granted to a replica, on the primary
 	closed        bool
 }
 
@@ -232,7 +234,7 @@ func (db *DB) Create(kind FileKind) error {
 	if db.closed {
 		return ErrNotExist
 	}
-	if kind != FileSHM && kind != FileDatabase && !db.store.Writable() {
+	if kind != FileSHM && kind != FileDatabase && !db.writableLocked() {
 		return fmt.Errorf("create %s of %s: %w", kind, db.name, ErrReadOnly)
 	}
 	switch kind {
@@ -300,7 +302,7 @@ func (db *DB) WriteAt(kind FileKind, p []byte, off int64) (int, error) {
 	if kind == FilePos || kind == FileLock {
 		return 0, fmt.Errorf("write %s of %s: %w", kind, db.name, syscall.EACCES)
 	}
-	if !db.store.Writable() {
+	if !db.writableLocked() {
 		if time.Since(db.refusedAt) > 10*time.Second {
 			db.refusedAt = time.Now()
 			db.logger.Warn("write refused: this node is not the primary", "file", kind.String())
@@ -332,7 +334,7 @@ func (db *DB) Truncate(kind FileKind, size int64) error {
 	case FilePos, FileLock:
 		return fmt.Errorf("truncate %s of %s: %w", kind, db.name, syscall.EACCES)
 	}
-	if !db.store.Writable() {
+	if !db.writableLocked() {
 		return fmt.Errorf("truncate %s of %s: %w", kind, db.name, ErrReadOnly)
 	}
 	switch kind {
@@ -361,7 +363,7 @@ func (db *DB) Remove(kind FileKind) error {
 	default:
 		return fmt.Errorf("remove %s of %s: %w", kind, db.name, syscall.EPERM)
 	}
-	if !db.store.Writable() {
+	if !db.writableLocked() {
 		return fmt.Errorf("remove %s of %s: %w", kind, db.name, ErrReadOnly)
 	}
 	if kind == FileJournal {

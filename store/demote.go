@@ -75,7 +75,7 @@ func (s *Store) Demote(ctx context.Context) error {
 // the WAL's committed pages into the database file, with readers out.
 func (db *DB) settle(ctx context.Context) error {
 	db.mu.Lock()
-	needed := db.journalHot() || db.tx.pending() || len(db.walState.pages) > 0 || db.walState.commitEnd > sqlite.WALHeaderSize
+	needed := db.unsettledLocked()
 	db.mu.Unlock()
 	if !needed {
 		return nil
@@ -97,8 +97,17 @@ func (db *DB) settle(ctx context.Context) error {
 	return nil
 }
 
-// settleLocked does settle's work. Caller holds db.mu and the reader locks.
+// unsettledLocked reports whether settle has work to do. Caller holds db.mu.
+func (db *DB) unsettledLocked() bool {
+	return db.journalHot() || db.tx.pending() || len(db.walState.pages) > 0 || db.walState.commitEnd > sqlite.WALHeaderSize
+}
+
+// settleLocked does settle's work, if any. Caller holds db.mu and the
+// reader locks.
 func (db *DB) settleLocked() error {
+	if !db.unsettledLocked() {
+		return nil
+	}
 	if db.journalHot() {
 		if err := db.rollbackHotJournal(); err != nil {
 			return err

@@ -29,8 +29,13 @@ func (db *DB) Lock(kind FileKind, req rangelock.Lock) (bool, error) {
 	if t == nil {
 		return false, fmt.Errorf("lock %s of %s: %w", kind, db.name, syscall.EINVAL)
 	}
+	if kind == FileLock {
+		return db.lockHalt(context.Background(), req, false)
+	}
 	if db.turn.gated(kind, req) || !t.TryLock(req) {
-		if kind != FileLock {
+		if req.Type == rangelock.Read {
+			// Only readers are owed a turn; writers wait for
+			// their own locks (and are held off under HALT).
 			db.turn.refuse()
 		}
 		return false, nil
@@ -44,6 +49,10 @@ func (db *DB) LockWait(ctx context.Context, kind FileKind, req rangelock.Lock) e
 	t := db.table(kind)
 	if t == nil {
 		return fmt.Errorf("lock %s of %s: %w", kind, db.name, syscall.EINVAL)
+	}
+	if kind == FileLock {
+		_, err := db.lockHalt(ctx, req, true)
+		return err
 	}
 	if err := t.Lock(ctx, req); err != nil {
 		return err
@@ -84,6 +93,9 @@ func (db *DB) ReleaseOwner(kind FileKind, owner rangelock.Owner) {
 	if t := db.table(kind); t != nil {
 		t.ReleaseOwner(owner)
 	}
+	if kind == FileLock {
+		db.checkHaltReleased()
+	}
 	if kind == FileDatabase {
 		db.afterDatabaseUnlock()
 	}
@@ -94,6 +106,9 @@ func (db *DB) ReleaseOwner(kind FileKind, owner rangelock.Owner) {
 func (db *DB) ReleaseHandle(kind FileKind, handle uint64) {
 	if t := db.table(kind); t != nil {
 		t.ReleaseHandle(handle)
+	}
+	if kind == FileLock {
+		db.checkHaltReleased()
 	}
 	if kind == FileDatabase {
 		db.afterDatabaseUnlock()

@@ -50,6 +50,7 @@ type Store struct {
 	changed  chan struct{} // closed and replaced on any change
 
 	writable atomic.Bool
+	halter   Halter // asks the primary for HALT locks; guarded by mu
 
 	stop chan struct{}
 	wg   sync.WaitGroup

@@ -71,6 +71,7 @@ func (n *node) open() error {
 		Addr:            n.cfg.HTTP.Addr,
 		SnapshotTimeout: n.snapshotTimeout(),
 		IsPrimary:       n.IsPrimary,
+		HaltTTL:         n.cfg.Lease.HaltTTL,
 		Logger:          n.logger,
 	})
 	if err := n.http.Listen(); err != nil {
@@ -91,6 +92,12 @@ func (n *node) open() error {
 		Logger:       n.logger,
 	})
 	n.registerAPI()
+	st.SetHalter(&lhttp.HaltClient{
+		Store:      st,
+		PrimaryURL: n.primaryURL,
+		NodeID:     fmt.Sprintf("%016X", st.NodeID()),
+		Logger:     n.logger,
+	})
 	srv, err := fuse.Mount(n.cfg.FUSE.Dir, st, fuse.Options{
 		AllowOther: n.cfg.FUSE.AllowOther,
 		Debug:      n.cfg.FUSE.Debug,
@@ -323,6 +330,16 @@ func sleep(ctx context.Context, d time.Duration) {
 }
 
 func (n *node) markReady() { n.readyOnce.Do(func() { close(n.ready) }) }
+
+// primaryURL is the API of the primary this node replicates from.
+func (n *node) primaryURL() string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.isPrimary {
+		return ""
+	}
+	return n.primary.AdvertiseURL
+}
 
 // IsPrimary reports whether this node holds the lease.
 func (n *node) IsPrimary() bool {

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/litefs-project/litefs"
 	lhttp "github.com/litefs-project/litefs/http"
 )
 
@@ -35,6 +36,9 @@ func runRun(args []string) error {
 	url := fs.String("url", defaultURL(), "the local node's API (or $LITEFS_URL)")
 	promote := fs.Bool("promote", false, "make this node the primary by handoff before running the command")
 	ifCandidate := fs.Bool("if-candidate", false, "do nothing unless this node is a candidate")
+	var withLock string
+	fs.StringVar(&withLock, "with-lock", "", "run the command holding the HALT lock on the database at this path in the mount")
+	fs.StringVar(&withLock, "with-halt-lock-on", "", "same as -with-lock (LiteFS's spelling)")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "Usage: litefs run [flags] [-- CMD ARGS...]")
 		fs.PrintDefaults()
@@ -45,6 +49,9 @@ func runRun(args []string) error {
 	argv := fs.Args()
 	if !*promote && len(argv) == 0 {
 		return errors.New("run: nothing to do: give -promote or a command after --")
+	}
+	if withLock != "" && len(argv) == 0 {
+		return errors.New("run: -with-lock needs a command after --")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -73,6 +80,15 @@ func runRun(args []string) error {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
+	if withLock != "" {
+		start := time.Now()
+		lock, err := litefs.Halt(withLock)
+		if err != nil {
+			return fmt.Errorf("run: %w", err)
+		}
+		defer litefs.Unhalt(lock)
+		fmt.Fprintf(os.Stderr, "litefs run: HALT lock on %s held (%s)\n", withLock, time.Since(start).Round(time.Millisecond))
+	}
 	status, err := runChild(argv, sigs, slog.New(slog.NewTextHandler(os.Stderr, nil)))
 	if err != nil {
 		return fmt.Errorf("run %s: %w", argv[0], err)

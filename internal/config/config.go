@@ -61,6 +61,7 @@ type LeaseConfig struct {
 	Promote        bool          `yaml:"promote"`
 	ReconnectDelay time.Duration `yaml:"reconnect-delay"`
 	DemoteDelay    time.Duration `yaml:"demote-delay"`
+	HaltTTL        time.Duration `yaml:"halt-ttl"`
 	Databases      []string      `yaml:"databases"`
 	Consul         ConsulConfig  `yaml:"consul"`
 }
@@ -154,6 +155,7 @@ const (
 	DefaultConsulLockDelay          = 1 * time.Second
 	DefaultReconnectDelay           = 1 * time.Second
 	DefaultDemoteDelay              = 10 * time.Second
+	DefaultHaltTTL                  = 5 * time.Second
 	DefaultMaxLag                   = 10 * time.Second
 	DefaultPrimaryRedirectTimeout   = 5 * time.Second
 	DefaultReadHeaderTimeout        = 10 * time.Second
@@ -176,6 +178,7 @@ func New() Config {
 			Candidate:      true,
 			ReconnectDelay: DefaultReconnectDelay,
 			DemoteDelay:    DefaultDemoteDelay,
+			HaltTTL:        DefaultHaltTTL,
 			Consul:         ConsulConfig{TTL: DefaultConsulTTL, LockDelay: DefaultConsulLockDelay},
 		},
 		Log: LogConfig{Format: "text"},

@@ -40,6 +40,7 @@ func TestNewDefaults(t *testing.T) {
 		{"lease.promote", c.Lease.Promote, false},
 		{"lease.reconnect-delay", c.Lease.ReconnectDelay, time.Second},
 		{"lease.demote-delay", c.Lease.DemoteDelay, 10 * time.Second},
+		{"lease.halt-ttl", c.Lease.HaltTTL, 5 * time.Second},
 		{"lease.databases", len(c.Lease.Databases), 0},
 		{"lease.consul.ttl", c.Lease.Consul.TTL, 10 * time.Second},
 		{"lease.consul.lock-delay", c.Lease.Consul.LockDelay, time.Second},
@@ -126,6 +127,7 @@ lease:
   promote: true
   reconnect-delay: 3s
   demote-delay: 45s
+  halt-ttl: 7s
   databases:
     - app.db
     - other.db
@@ -201,6 +203,7 @@ func TestParseFull(t *testing.T) {
 			Promote:        true,
 			ReconnectDelay: 3 * time.Second,
 			DemoteDelay:    45 * time.Second,
+			HaltTTL:        7 * time.Second,
 			Databases:      []string{"app.db", "other.db"},
 			Consul: ConsulConfig{
 				URL:       "http://consul:8500",

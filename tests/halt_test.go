@@ -1,0 +1,313 @@
+package tests
+
+import (
+	"bytes"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/litefs-project/litefs"
+	"github.com/litefs-project/litefs/internal/testutil"
+	"golang.org/x/sys/unix"
+)
+
+// haltCluster starts a primary and n replicas with a short HALT TTL.
+func haltCluster(t *testing.T, n int) (*testutil.Node, []*testutil.Node) {
+	t.Helper()
+	extra := "  halt-ttl: 2s\n"
+	primary := testutil.NewNode(t, testutil.NodeConfig{Name: "primary"})
+	primary.WriteConfig(t, "lease:\n  type: static\n  candidate: true\n  hostname: primary\n"+extra)
+	primary.Start(t)
+	var replicas []*testutil.Node
+	for i := 0; i < n; i++ {
+		r := testutil.NewNode(t, testutil.NodeConfig{Name: fmt.Sprintf("replica%d", i+1)})
+		r.WriteConfig(t, r.ReplicaLease(primary)+extra)
+		r.Start(t)
+		replicas = append(replicas, r)
+	}
+	return primary, replicas
+}
+
+// TestHaltWritesFromReplica: a replica takes the HALT lock and writes
+// many transactions, in each journal mode, while the primary's own writer
+// keeps writing; nothing is lost or interleaved and all nodes agree.
+func TestHaltWritesFromReplica(t *testing.T) {
+	primary, replicas := haltCluster(t, 2)
+	replica, other := replicas[0], replicas[1]
+	for _, mode := range []string{"WAL", "DELETE"} {
+		t.Run(mode, func(t *testing.T) {
+			name := strings.ToLower(mode) + ".db"
+			pconn := testutil.OpenDB(t, primary.Path(name), mode)
+			testutil.Exec(t, pconn, "CREATE TABLE t (id INTEGER PRIMARY KEY, origin TEXT, seq INTEGER)")
+			replica.WaitPos(t, name, primary.Pos(t, name), syncTimeout)
+
+			// The primary's writer runs throughout.
+			var stop atomic.Bool
+			var wg sync.WaitGroup
+			var primaryRows atomic.Int64
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; !stop.Load(); i++ {
+					if _, err := pconn.Exec("INSERT INTO t (origin, seq) VALUES ('primary', ?)", i); err != nil {
+						t.Errorf("primary write: %v", err)
+						return
+					}
+					primaryRows.Add(1)
+				}
+			}()
+
+			rconn := testutil.OpenDB(t, replica.Path(name), mode)
+			const txns = 200
+			for round := 0; round < 2; round++ {
+				err := litefs.WithHalt(replica.Path(name), func() error {
+					for i := 0; i < txns/2; i++ {
+						if _, err := rconn.Exec("INSERT INTO t (origin, seq) VALUES ('replica', ?)", round*txns/2+i); err != nil {
+							return err
+						}
+					}
+					return nil
+				})
+				if err != nil {
+					t.Fatalf("writes under HALT on the replica: %v", err)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			// Without the lock, the replica refuses writes again.
+			if _, err := rconn.Exec("INSERT INTO t (origin, seq) VALUES ('unlocked', 0)"); err == nil {
+				t.Fatal("a write on the replica without the HALT lock succeeded")
+			}
+			time.Sleep(100 * time.Millisecond)
+			stop.Store(true)
+			wg.Wait()
+
+			for _, n := range []*testutil.Node{replica, other} {
+				checkReplica(t, primary, n, name, mode)
+			}
+			var got int
+			if err := pconn.QueryRow("SELECT count(*) FROM t WHERE origin = 'replica'").Scan(&got); err != nil {
+				t.Fatal(err)
+			}
+			if got != txns {
+				t.Fatalf("primary has %d of the replica's %d rows", got, txns)
+			}
+			if primaryRows.Load() == 0 {
+				t.Fatal("the primary's writer committed nothing")
+			}
+			var total int
+			pconn.QueryRow("SELECT count(*) FROM t").Scan(&total)
+			if int64(total) != primaryRows.Load()+txns {
+				t.Fatalf("primary has %d rows, want %d", total, primaryRows.Load()+txns)
+			}
+			rconn.Close()
+		})
+	}
+}
+
+// TestHaltTakesTurns: replicas competing for the HALT lock take turns, and
+// every increment they make lands.
+func TestHaltTakesTurns(t *testing.T) {
+	primary, replicas := haltCluster(t, 2)
+	pconn := testutil.OpenDB(t, primary.Path("c.db"), "WAL")
+	testutil.Exec(t, pconn, "CREATE TABLE c (n INTEGER)")
+	testutil.Exec(t, pconn, "INSERT INTO c VALUES (0)")
+	for _, r := range replicas {
+		r.WaitPos(t, "c.db", primary.Pos(t, "c.db"), syncTimeout)
+	}
+	const rounds = 20
+	var wg sync.WaitGroup
+	var holders atomic.Int32
+	errs := make(chan error, len(replicas))
+	for _, r := range replicas {
+		wg.Add(1)
+		go func(r *testutil.Node) {
+			defer wg.Done()
+			conn, err := sql.Open("sqlite3", "file:"+r.Path("c.db")+"?_busy_timeout=10000")
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer conn.Close()
+			for i := 0; i < rounds; i++ {
+				err := litefs.WithHalt(r.Path("c.db"), func() error {
+					if holders.Add(1) != 1 {
+						return errors.New("two replicas hold the HALT lock at once")
+					}
+					defer holders.Add(-1)
+					_, err := conn.Exec("UPDATE c SET n = n + 1")
+					return err
+				})
+				if err != nil {
+					errs <- fmt.Errorf("%s: %w", r.Config.Name, err)
+					return
+				}
+			}
+		}(r)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	var n int
+	if err := pconn.QueryRow("SELECT n FROM c").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != rounds*len(replicas) {
+		t.Fatalf("counter is %d, want %d", n, rounds*len(replicas))
+	}
+	for _, r := range replicas {
+		checkReplica(t, primary, r, "c.db", "WAL")
+	}
+}
+
+// TestHaltHolderKilled: a replica killed while holding the HALT lock does
+// not block the primary beyond the lock's TTL.
+func TestHaltHolderKilled(t *testing.T) {
+	primary, replicas := haltCluster(t, 1)
+	replica := replicas[0]
+	pconn := testutil.OpenDB(t, primary.Path("k.db"), "WAL")
+	testutil.Exec(t, pconn, "CREATE TABLE t (v)")
+	replica.WaitPos(t, "k.db", primary.Pos(t, "k.db"), syncTimeout)
+
+	lock, err := litefs.Halt(replica.Path("k.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close()
+	// The primary's writers wait while the replica holds the lock.
+	short, err := sql.Open("sqlite3", "file:"+primary.Path("k.db")+"?_busy_timeout=200")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer short.Close()
+	if _, err := short.Exec("INSERT INTO t VALUES ('held')"); err == nil {
+		t.Fatal("the primary wrote while a replica held the HALT lock")
+	}
+	replica.Kill(t)
+	lock.Close()
+	start := time.Now()
+	testutil.Exec(t, pconn, "INSERT INTO t VALUES ('after')") // busy timeout 10s
+	if !primary.LogContains("HALT lock expired") {
+		t.Fatal("the primary did not log the HALT lock's expiry")
+	}
+	t.Logf("primary writable %s after the holder died", time.Since(start).Round(time.Millisecond))
+}
+
+// TestHaltMigrationWithRun: `litefs run -with-lock` runs a schema migration
+// with the sqlite3 CLI on a replica while the primary serves writes.
+func TestHaltMigrationWithRun(t *testing.T) {
+	primary, replicas := haltCluster(t, 1)
+	replica := replicas[0]
+	pconn := testutil.OpenDB(t, primary.Path("m.db"), "WAL")
+	testutil.Exec(t, pconn, "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+	replica.WaitPos(t, "m.db", primary.Pos(t, "m.db"), syncTimeout)
+
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; !stop.Load(); i++ {
+			if _, err := pconn.Exec("INSERT INTO users (name) VALUES (?)", fmt.Sprintf("u%d", i)); err != nil {
+				t.Errorf("primary write: %v", err)
+				return
+			}
+		}
+	}()
+	migration := "ALTER TABLE users ADD COLUMN email TEXT; CREATE INDEX users_email ON users (email); UPDATE users SET email = name || '@example.com';"
+	out, code := runLiteFS(t, "run", "-with-halt-lock-on", replica.Path("m.db"), "--", "sqlite3", "-bail", "-cmd", ".timeout 10000", replica.Path("m.db"), migration)
+	stop.Store(true)
+	wg.Wait()
+	if code != 0 {
+		t.Fatalf("migration: exit %d\n%s", code, out)
+	}
+	checkReplica(t, primary, replica, "m.db", "WAL")
+	var missing int
+	if err := pconn.QueryRow("SELECT count(*) FROM pragma_table_info('users') WHERE name = 'email'").Scan(&missing); err != nil || missing != 1 {
+		t.Fatalf("the primary does not have the migrated column (%v)", err)
+	}
+	// A failing command's status comes back.
+	if _, code := runLiteFS(t, "run", "-with-lock", replica.Path("m.db"), "--", "sh", "-c", "exit 7"); code != 7 {
+		t.Fatalf("exit status %d, want 7", code)
+	}
+}
+
+// TestHaltRefusals: a forged lock ID, a changeset that does not fit, and a
+// release by a non-holder are refused and change nothing.
+func TestHaltRefusals(t *testing.T) {
+	primary, replicas := haltCluster(t, 1)
+	replica := replicas[0]
+	pconn := testutil.OpenDB(t, primary.Path("r.db"), "WAL")
+	testutil.Exec(t, pconn, "CREATE TABLE t (v)")
+	testutil.Exec(t, pconn, "INSERT INTO t VALUES (1)")
+	replica.WaitPos(t, "r.db", primary.Pos(t, "r.db"), syncTimeout)
+	before := primary.Pos(t, "r.db")
+
+	post := func(path string, body []byte) (int, string) {
+		resp, err := http.Post(primary.URL()+path, "application/json", bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var e struct {
+			Error string `json:"error"`
+		}
+		json.NewDecoder(resp.Body).Decode(&e)
+		return resp.StatusCode, e.Error
+	}
+	// A real changeset from the primary's log, replayed with a forged ID.
+	code, msg := post("/halt/commit?name=r.db&id=12345", []byte("not an ltx file"))
+	if code != http.StatusConflict || !strings.Contains(msg, "not the holder") {
+		t.Fatalf("forged lock ID: %d %q", code, msg)
+	}
+	code, msg = post("/halt/release", []byte(`{"name":"r.db","id":"12345"}`))
+	if code != http.StatusConflict || !strings.Contains(msg, "not the holder") {
+		t.Fatalf("release by a non-holder: %d %q", code, msg)
+	}
+
+	// A holder whose changeset does not continue the database is refused.
+	code, msg = post("/halt", []byte(`{"name":"r.db","nodeID":"test","wait":true}`))
+	if code != http.StatusOK {
+		t.Fatalf("halt: %d %s", code, msg)
+	}
+	var grant struct {
+		ID string `json:"id"`
+	}
+	resp, err := http.Post(primary.URL()+"/halt", "application/json", strings.NewReader(`{"name":"r.db","nodeID":"test2","wait":false}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusConflict {
+		t.Fatalf("a second holder was granted the lock: %s", resp.Status)
+	}
+	resp.Body.Close()
+	_ = grant
+	if primary.Pos(t, "r.db") != before {
+		t.Fatal("the primary moved")
+	}
+	// The forged grant expires; then the primary is writable again.
+	testutil.Exec(t, pconn, "INSERT INTO t VALUES (2)")
+
+	// Non-blocking F_OFD_SETLK on a replica while the primary holds it.
+	lock, err := litefs.Halt(primary.Path("r.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := litefs.TryHalt(replica.Path("r.db")); !errors.Is(err, unix.EAGAIN) {
+		t.Fatalf("TryHalt while the primary holds the lock: %v, want EAGAIN", err)
+	}
+	litefs.Unhalt(lock)
+	l2, err := litefs.TryHalt(replica.Path("r.db"))
+	if err != nil {
+		t.Fatalf("TryHalt once free: %v", err)
+	}
+	litefs.Unhalt(l2)
+}
