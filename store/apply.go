@@ -117,11 +117,13 @@ func (db *DB) applyChangeset(ctx context.Context, data io.ReaderAt, size int64) 
 	return pos, nil
 }
 
-// alreadyHas reports whether the changeset in data is one this database
-// has already committed, with the same post-apply checksum.
+// alreadyHas reports whether the changeset in data is one this node
+// committed itself (under the HALT lock) and the primary sent back: made
+// here, already in the log with the same post-apply checksum. Any other
+// changeset that does not continue the database is refused.
 func (db *DB) alreadyHas(data io.ReaderAt, size int64) (ltx.Pos, bool) {
 	hdr, err := ltx.DecodeHeader(io.NewSectionReader(data, 0, size))
-	if err != nil {
+	if err != nil || hdr.NodeID != db.store.nodeID {
 		return ltx.Pos{}, false
 	}
 	cur := db.Pos()

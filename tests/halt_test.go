@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/litefs-project/litefs"
 	"github.com/litefs-project/litefs/internal/testutil"
+	"github.com/litefs-project/litefs/ltx"
 	"golang.org/x/sys/unix"
 )
 
@@ -274,26 +276,57 @@ func TestHaltRefusals(t *testing.T) {
 	}
 
 	// A holder whose changeset does not continue the database is refused.
-	code, msg = post("/halt", []byte(`{"name":"r.db","nodeID":"test","wait":true}`))
-	if code != http.StatusOK {
-		t.Fatalf("halt: %d %s", code, msg)
+	resp, err := http.Post(primary.URL()+"/halt", "application/json", strings.NewReader(`{"name":"r.db","nodeID":"test","wait":true}`))
+	if err != nil {
+		t.Fatal(err)
 	}
 	var grant struct {
 		ID string `json:"id"`
 	}
-	resp, err := http.Post(primary.URL()+"/halt", "application/json", strings.NewReader(`{"name":"r.db","nodeID":"test2","wait":false}`))
+	err = json.NewDecoder(resp.Body).Decode(&grant)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || err != nil {
+		t.Fatalf("halt: %s (%v)", resp.Status, err)
+	}
+	id, err := strconv.ParseUint(grant.ID, 10, 64)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if resp.StatusCode != http.StatusConflict {
-		t.Fatalf("a second holder was granted the lock: %s", resp.Status)
+	if code, _ := post("/halt", []byte(`{"name":"r.db","nodeID":"test2","wait":false}`)); code != http.StatusConflict {
+		t.Fatalf("a second holder was granted the lock: %d", code)
 	}
-	resp.Body.Close()
-	_ = grant
+
+	// A changeset that continues the position but whose post-apply
+	// checksum is not what its pages give.
+	var buf bytes.Buffer
+	enc, err := ltx.NewEncoder(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hdr := ltx.Header{Version: ltx.Version, PageSize: 4096, Commit: 2, MinTXID: before.TXID + 1, MaxTXID: before.TXID + 1,
+		Timestamp: time.Now().UnixMilli(), PreApplyChecksum: before.PostApplyChecksum}
+	if err := enc.EncodeHeader(hdr); err != nil {
+		t.Fatal(err)
+	}
+	if err := enc.EncodePage(ltx.PageHeader{Pgno: 2}, bytes.Repeat([]byte{0xab}, 4096)); err != nil {
+		t.Fatal(err)
+	}
+	enc.SetPostApplyChecksum(ltx.ChecksumFlag | 0x1234)
+	if err := enc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	code, msg = post(fmt.Sprintf("/halt/commit?name=r.db&id=%d", id), buf.Bytes())
+	if code != http.StatusUnprocessableEntity || !strings.Contains(msg, "checksum") {
+		t.Fatalf("changeset with a wrong checksum: %d %q", code, msg)
+	}
 	if primary.Pos(t, "r.db") != before {
-		t.Fatal("the primary moved")
+		t.Fatal("the primary moved after a refused changeset")
 	}
-	// The forged grant expires; then the primary is writable again.
+	testutil.IntegrityCheck(t, pconn)
+	// The holder releases; the primary is writable again at once.
+	if code, msg := post("/halt/release", []byte(fmt.Sprintf(`{"name":"r.db","id":"%d"}`, id))); code != http.StatusOK {
+		t.Fatalf("release by the holder: %d %q", code, msg)
+	}
 	testutil.Exec(t, pconn, "INSERT INTO t VALUES (2)")
 
 	// Non-blocking F_OFD_SETLK on a replica while the primary holds it.
