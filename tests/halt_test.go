@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -343,4 +344,60 @@ func TestHaltRefusals(t *testing.T) {
 		t.Fatalf("TryHalt once free: %v", err)
 	}
 	litefs.Unhalt(l2)
+}
+
+// TestHaltExpiresWhileHeld: a holder that goes quiet past the TTL loses the
+// lock; its next commit fails and leaves nothing behind on any node.
+func TestHaltExpiresWhileHeld(t *testing.T) {
+	primary, replicas := haltCluster(t, 1)
+	replica := replicas[0]
+	pconn := testutil.OpenDB(t, primary.Path("e.db"), "WAL")
+	testutil.Exec(t, pconn, "CREATE TABLE t (v TEXT)")
+	replica.WaitPos(t, "e.db", primary.Pos(t, "e.db"), syncTimeout)
+
+	rconn := testutil.OpenDB(t, replica.Path("e.db"), "WAL")
+	lock, err := litefs.Halt(replica.Path("e.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close()
+	testutil.Exec(t, rconn, "INSERT INTO t VALUES ('under-lock')")
+
+	// The replica's daemon stops answering; the primary frees the lock.
+	if err := replica.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	primary.WaitLog(t, "HALT lock expired", 10*time.Second)
+	testutil.Exec(t, pconn, "INSERT INTO t VALUES ('primary')")
+	if err := replica.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+
+	if _, err := rconn.Exec("INSERT INTO t VALUES ('after-expiry')"); err == nil {
+		t.Fatal("a commit under an expired HALT lock succeeded")
+	}
+	litefs.Unhalt(lock)
+	checkReplica(t, primary, replica, "e.db", "WAL")
+	rows := rowValues(t, pconn)
+	if !rows["under-lock"] || !rows["primary"] || rows["after-expiry"] || len(rows) != 2 {
+		t.Fatalf("primary has rows %v", rows)
+	}
+}
+
+func rowValues(t *testing.T, conn *sql.DB) map[string]bool {
+	t.Helper()
+	rows, err := conn.Query("SELECT v FROM t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	m := map[string]bool{}
+	for rows.Next() {
+		var v string
+		if err := rows.Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		m[v] = true
+	}
+	return m
 }
