@@ -36,6 +36,9 @@ type Options struct {
 	Debug      bool   // log every FUSE request
 	Status     Status // contents of .primary and .lag; nil on a standalone node
 	Logger     *slog.Logger
+	// Observe, if set, is told how long each request took on the serve
+	// loop, by kind ("read", "write", "lock", ...).
+	Observe func(op string, d time.Duration)
 }
 
 // Server is a mounted filesystem.
@@ -46,6 +49,7 @@ type Server struct {
 	logger  *slog.Logger
 	debug   bool
 	status  Status
+	observe func(op string, d time.Duration)
 	uid     uint32
 	gid     uint32
 	started time.Time
@@ -94,6 +98,7 @@ func Mount(dir string, st *store.Store, opts Options) (*Server, error) {
 		logger:   opts.Logger,
 		debug:    opts.Debug,
 		status:   opts.Status,
+		observe:  opts.Observe,
 		uid:      uint32(os.Getuid()),
 		gid:      uint32(os.Getgid()),
 		started:  time.Now(),
@@ -188,8 +193,47 @@ func (s *Server) serve() {
 		if s.debug {
 			s.logger.Debug("fuse: request", "req", req.String())
 		}
+		if s.observe == nil {
+			s.handle(req)
+			continue
+		}
+		start := time.Now()
 		s.handle(req)
+		s.observe(opName(req), time.Since(start))
 	}
+}
+
+// opName names a request's kind for metrics.
+func opName(req bfuse.Request) string {
+	switch req.(type) {
+	case *bfuse.ReadRequest:
+		return "read"
+	case *bfuse.WriteRequest:
+		return "write"
+	case *bfuse.LookupRequest:
+		return "lookup"
+	case *bfuse.GetattrRequest:
+		return "getattr"
+	case *bfuse.SetattrRequest:
+		return "setattr"
+	case *bfuse.OpenRequest:
+		return "open"
+	case *bfuse.CreateRequest:
+		return "create"
+	case *bfuse.FlushRequest:
+		return "flush"
+	case *bfuse.ReleaseRequest:
+		return "release"
+	case *bfuse.FsyncRequest:
+		return "fsync"
+	case *bfuse.RemoveRequest:
+		return "remove"
+	case *bfuse.LockRequest, *bfuse.LockWaitRequest, *bfuse.UnlockRequest, *bfuse.QueryLockRequest:
+		return "lock"
+	case *bfuse.ForgetRequest, *bfuse.BatchForgetRequest:
+		return "forget"
+	}
+	return "other"
 }
 
 // goAsync runs fn on its own goroutine with a context that an interrupt

@@ -48,6 +48,9 @@ type Server struct {
 
 	mu      sync.Mutex
 	streams map[*stream]struct{}
+
+	roles   roleHub // this node's role, for /events
+	metrics *metrics
 }
 
 // NewServer returns a server of st's API; call Listen, then Serve.
@@ -70,9 +73,10 @@ func NewServer(st *store.Store, opts ServerOptions) *Server {
 	if opts.IsPrimary == nil {
 		opts.IsPrimary = st.Writable
 	}
-	s := &Server{store: st, opts: opts, logger: opts.Logger, mux: http.NewServeMux(), streams: make(map[*stream]struct{})}
+	s := &Server{store: st, opts: opts, logger: opts.Logger, mux: http.NewServeMux(), streams: make(map[*stream]struct{}), metrics: newMetrics()}
 	s.mux.HandleFunc("POST /stream", s.handleStream)
 	s.registerHalt()
+	s.mux.HandleFunc("GET /events", s.handleEvents)
 	s.mux.HandleFunc("/debug/pprof/", pprof.Index)
 	s.mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 	s.mux.HandleFunc("/debug/pprof/profile", pprof.Profile)

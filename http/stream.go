@@ -287,6 +287,9 @@ func (st *stream) sendSnapshot(db *store.DB, have ltx.Pos, known bool) error {
 		return err
 	}
 	st.sent[db.Name()] = snap.Pos()
+	st.server.metrics.streamed.WithLabelValues(db.Name()).Add(float64(n))
+	st.server.metrics.snapshots.WithLabelValues(db.Name()).Inc()
+	st.server.metrics.snapshotDuration.WithLabelValues(db.Name()).Observe(time.Since(start).Seconds())
 	st.server.logger.Info("snapshot sent", "db", db.Name(), "peer", st.peer, "bytes", n, "duration", time.Since(start).Round(time.Millisecond).String())
 	return nil
 }
@@ -305,7 +308,9 @@ func (st *stream) sendPayload(f Frame, r io.Reader, timeout time.Duration) error
 		return err
 	}
 	if r != nil {
-		if _, err := io.Copy(st.fw.PayloadWriter(), r); err != nil {
+		n, err := io.Copy(st.fw.PayloadWriter(), r)
+		st.server.metrics.streamed.WithLabelValues(f.Name).Add(float64(n))
+		if err != nil {
 			return err
 		}
 	}

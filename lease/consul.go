@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -48,6 +49,13 @@ type Consul struct {
 	opts   ConsulOptions
 	client *api.Client
 	logger *slog.Logger
+
+	renewals, failures atomic.Int64
+}
+
+// Stats returns how many session renewals succeeded and failed.
+func (c *Consul) Stats() (renewals, failures int64) {
+	return c.renewals.Load(), c.failures.Load()
 }
 
 // consulValue is the key's value: LiteFS's format, plus a handoff note
@@ -280,6 +288,11 @@ func (l *consulLease) keepAlive() {
 		ctx, cancel := context.WithDeadline(context.Background(), expires)
 		entry, _, err := l.c.client.Session().Renew(l.session, (&api.WriteOptions{}).WithContext(ctx))
 		cancel()
+		if err != nil || entry == nil {
+			l.c.failures.Add(1)
+		} else {
+			l.c.renewals.Add(1)
+		}
 		switch {
 		case err == nil && entry == nil:
 			l.c.logger.Error("primary lease lost: consul invalidated the session", "key", l.c.opts.Key)

@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -73,6 +74,15 @@ type Log struct {
 	bw        *bufio.Writer
 	closed    bool
 	encs      encoderCache
+
+	appended      atomic.Int64 // records appended since the log was opened
+	appendedBytes atomic.Int64 // their encoded size
+}
+
+// Appended returns how many records, and how many bytes of LTX, were
+// appended since the log was opened.
+func (l *Log) Appended() (records, bytes int64) {
+	return l.appended.Load(), l.appendedBytes.Load()
 }
 
 // encoderCache hands out LTX encoders without allocating one per commit.
@@ -443,6 +453,8 @@ func (l *Log) write(hdr Header, body func(io.Writer) (Trailer, error)) (Pos, err
 	l.segs[len(l.segs)-1].n++
 	l.pos = Pos{TXID: hdr.MaxTXID, PostApplyChecksum: trailer.PostApplyChecksum}
 	l.lastTime = time.UnixMilli(hdr.Timestamp)
+	l.appended.Add(1)
+	l.appendedBytes.Add(cw.n)
 	l.dirty = true
 	return l.pos, nil
 }

@@ -457,6 +457,7 @@ func (db *DB) commit(c change) error {
 		db.chk.Set(pgno, sums[i])
 	}
 	db.pos = pos
+	db.commits.Add(1)
 	db.notifyLocked()
 
 	if db.store.opts.StrictVerify {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -68,6 +69,7 @@ type DB struct {
 	views         []*view       // pinned by snapshots being read out
 	changed       chan struct{} // closed and replaced on every commit
 	refusedAt     time.Time     // when a refused write was last logged
+	commits       atomic.Int64  // transactions committed through this mount
 	halt          *localHalt    // the HALT lock taken through this mount
 	grant         *haltGrant    // the HALT lock granted to a replica, on the primary
 	closed        bool

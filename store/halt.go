@@ -81,6 +81,26 @@ func (db *DB) Writable() bool {
 	return db.writableLocked()
 }
 
+// Stats are a database's counters since the node started.
+type Stats struct {
+	Commits        int64 // transactions committed through this node's mount
+	Changesets     int64 // changesets appended to the log (commits and applied)
+	ChangesetBytes int64 // their encoded size
+	HaltHeld       bool  // a HALT lock is held on it, here or for a replica
+}
+
+// Stats returns the database's counters.
+func (db *DB) Stats() Stats {
+	n, b := db.log.Appended()
+	db.mu.Lock()
+	held := db.halt != nil || db.grant != nil
+	db.mu.Unlock()
+	return Stats{Commits: db.commits.Load(), Changesets: n, ChangesetBytes: b, HaltHeld: held}
+}
+
+// HaltWaiting returns how many HALT lock requests are waiting.
+func (s *Store) HaltWaiting() int64 { return s.haltWaiting.Load() }
+
 // Halted reports whether this replica holds the primary's HALT lock on db.
 func (db *DB) Halted() bool {
 	db.mu.Lock()
@@ -92,6 +112,10 @@ func (db *DB) Halted() bool {
 // byte on a replica asks the primary; giving it up releases the primary's
 // lock. It may wait on the network: callers run it off the FUSE loop.
 func (db *DB) lockHalt(ctx context.Context, req rangelock.Lock, wait bool) (bool, error) {
+	if req.Type == rangelock.Write {
+		db.store.haltWaiting.Add(1)
+		defer db.store.haltWaiting.Add(-1)
+	}
 	if wait {
 		if err := db.haltLocks.Lock(ctx, req); err != nil {
 			return false, err

@@ -52,6 +52,8 @@ type Store struct {
 	writable atomic.Bool
 	halter   Halter // asks the primary for HALT locks; guarded by mu
 
+	haltWaiting atomic.Int64 // HALT lock requests waiting
+
 	stop chan struct{}
 	wg   sync.WaitGroup
 }

@@ -98,7 +98,9 @@ func (n *node) open() error {
 		NodeID:     fmt.Sprintf("%016X", st.NodeID()),
 		Logger:     n.logger,
 	})
+	n.http.EnableMetrics(n)
 	srv, err := fuse.Mount(n.cfg.FUSE.Dir, st, fuse.Options{
+		Observe:    n.http.ObserveFUSE,
 		AllowOther: n.cfg.FUSE.AllowOther,
 		Debug:      n.cfg.FUSE.Debug,
 		Status:     n,
@@ -292,6 +294,7 @@ func (n *node) servePrimary(ctx context.Context, l lease.Lease) {
 	n.isPrimary, n.primary, n.lease = true, lease.PrimaryInfo{}, l
 	n.mu.Unlock()
 	n.store.SetWritable(true)
+	n.http.SetRole(true, n.hostname)
 	n.logger.Info("primary lease acquired", "type", n.leaser.Type(), "hostname", n.hostname)
 	n.markReady()
 
@@ -306,6 +309,7 @@ func (n *node) servePrimary(ctx context.Context, l lease.Lease) {
 	n.mu.Lock()
 	n.isPrimary, n.lease = false, nil
 	n.mu.Unlock()
+	n.http.SetRole(false, "")
 	n.endHandoff()
 	n.http.DropStreams()
 }
@@ -316,6 +320,7 @@ func (n *node) setReplica(ctx context.Context, info lease.PrimaryInfo) error {
 	n.mu.Lock()
 	n.isPrimary, n.primary = false, info
 	n.mu.Unlock()
+	n.http.SetRole(false, info.Hostname)
 	return n.store.Demote(ctx)
 }
 
@@ -339,6 +344,14 @@ func (n *node) primaryURL() string {
 		return ""
 	}
 	return n.primary.AdvertiseURL
+}
+
+// LeaseStats implements lhttp.NodeStatus.
+func (n *node) LeaseStats() (renewals, failures int64) {
+	if c, ok := n.leaser.(interface{ Stats() (int64, int64) }); ok {
+		return c.Stats()
+	}
+	return 0, 0
 }
 
 // IsPrimary reports whether this node holds the lease.
