@@ -29,6 +29,9 @@ type ServerOptions struct {
 	HeartbeatInterval time.Duration // how often an idle stream carries a heartbeat
 	WriteTimeout      time.Duration // how long one frame may take to send
 	SnapshotTimeout   time.Duration // how long a snapshot frame may take to send
+	// ValidateImport, if set, checks an uploaded database file before
+	// POST /import takes it in.
+	ValidateImport func(path string) error
 	// HaltTTL is how long a granted HALT lock lives without keepalive.
 	HaltTTL time.Duration
 	// IsPrimary reports whether this node serves replication streams;
@@ -77,6 +80,8 @@ func NewServer(st *store.Store, opts ServerOptions) *Server {
 	s.mux.HandleFunc("POST /stream", s.handleStream)
 	s.registerHalt()
 	s.mux.HandleFunc("GET /events", s.handleEvents)
+	s.mux.HandleFunc("GET /export", s.handleExport)
+	s.mux.HandleFunc("POST /import", s.handleImport)
 	s.mux.HandleFunc("/debug/pprof/", pprof.Index)
 	s.mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 	s.mux.HandleFunc("/debug/pprof/profile", pprof.Profile)

@@ -119,6 +119,30 @@ func (s *Snapshot) WriteTo(w io.Writer) (int64, error) {
 		return enc.N(), fmt.Errorf("snapshot %s: %w", s.db.name, err)
 	}
 
+	lockPgno := sqlite.LockPgno(v.pageSize)
+	err = s.eachPage(func(pgno uint32, data []byte) error {
+		if pgno == lockPgno {
+			return nil
+		}
+		if err := enc.EncodePage(ltx.PageHeader{Pgno: pgno}, data); err != nil {
+			return fmt.Errorf("page %d: %w", pgno, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return enc.N(), fmt.Errorf("snapshot %s: %w", s.db.name, err)
+	}
+	enc.SetPostApplyChecksum(v.pos.PostApplyChecksum)
+	if err := enc.Close(); err != nil {
+		return enc.N(), fmt.Errorf("snapshot %s: %w", s.db.name, err)
+	}
+	return enc.N(), nil
+}
+
+// eachPage calls fn with every page of the snapshot in order, the lock
+// page (never used by SQLite) as zeros.
+func (s *Snapshot) eachPage(fn func(pgno uint32, data []byte) error) error {
+	v := s.v
 	bufs := make([][]byte, snapshotBatch)
 	for i := range bufs {
 		bufs[i] = make([]byte, v.pageSize)
@@ -127,22 +151,32 @@ func (s *Snapshot) WriteTo(w io.Writer) (int64, error) {
 	for first := uint32(1); first <= v.commit; first += snapshotBatch {
 		last := min(first+snapshotBatch-1, v.commit)
 		if err := s.db.readView(v, first, last, bufs); err != nil {
-			return enc.N(), fmt.Errorf("snapshot %s: %w", s.db.name, err)
+			return err
 		}
 		for pgno := first; pgno <= last; pgno++ {
 			if pgno == lockPgno {
-				continue
+				clear(bufs[pgno-first])
 			}
-			if err := enc.EncodePage(ltx.PageHeader{Pgno: pgno}, bufs[pgno-first]); err != nil {
-				return enc.N(), fmt.Errorf("snapshot %s: page %d: %w", s.db.name, pgno, err)
+			if err := fn(pgno, bufs[pgno-first]); err != nil {
+				return err
 			}
 		}
 	}
-	enc.SetPostApplyChecksum(v.pos.PostApplyChecksum)
-	if err := enc.Close(); err != nil {
-		return enc.N(), fmt.Errorf("snapshot %s: %w", s.db.name, err)
+	return nil
+}
+
+// WriteDatabase writes the snapshot as a plain SQLite database file.
+func (s *Snapshot) WriteDatabase(w io.Writer) (int64, error) {
+	var n int64
+	err := s.eachPage(func(pgno uint32, data []byte) error {
+		m, err := w.Write(data)
+		n += int64(m)
+		return err
+	})
+	if err != nil {
+		return n, fmt.Errorf("export %s: %w", s.db.name, err)
 	}
-	return enc.N(), nil
+	return n, nil
 }
 
 // readView reads pages [first, last] of a view into bufs and marks them read.

@@ -39,6 +39,10 @@ func run(args []string) int {
 		err = runRun(rest)
 	case "demote":
 		err = runDemote(rest)
+	case "export":
+		err = runExport(rest)
+	case "import":
+		err = runImport(rest)
 	case "version":
 		fmt.Println("litefs", Version)
 	case "help", "-h", "-help", "--help":
@@ -75,6 +79,8 @@ Commands:
 	mount     mount the filesystem, join the cluster, run the application
 	run       promote this node (-promote), then run a command
 	demote    hand the primary's lease to a caught-up candidate
+	export    write a consistent copy of a database to a file
+	import    replace or create a database on the primary from a file
 	log       list a database's changesets
 	version   print the version
 

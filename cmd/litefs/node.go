@@ -14,6 +14,7 @@ import (
 	"github.com/litefs-project/litefs/fuse"
 	lhttp "github.com/litefs-project/litefs/http"
 	"github.com/litefs-project/litefs/internal/config"
+	"github.com/litefs-project/litefs/internal/sqlcheck"
 	"github.com/litefs-project/litefs/lease"
 	"github.com/litefs-project/litefs/store"
 )
@@ -72,6 +73,7 @@ func (n *node) open() error {
 		SnapshotTimeout: n.snapshotTimeout(),
 		IsPrimary:       n.IsPrimary,
 		HaltTTL:         n.cfg.Lease.HaltTTL,
+		ValidateImport:  sqlcheck.Check,
 		Logger:          n.logger,
 	})
 	if err := n.http.Listen(); err != nil {

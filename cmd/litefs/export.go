@@ -1,0 +1,112 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"time"
+
+	lhttp "github.com/litefs-project/litefs/http"
+)
+
+// runExport implements "litefs export -name DB PATH".
+func runExport(args []string) error {
+	fs := flag.NewFlagSet("litefs export", flag.ContinueOnError)
+	name := fs.String("name", "", "database to export")
+	u := fs.String("url", defaultURL(), "the local node's API (or $LITEFS_URL)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *name == "" || fs.NArg() != 1 {
+		return errors.New("export: usage: litefs export -name DB PATH")
+	}
+	path := fs.Arg(0)
+	resp, err := http.Get(*u + "/export?name=" + url.QueryEscape(*name))
+	if err != nil {
+		return fmt.Errorf("export: %w", err)
+	}
+	defer resp.Body.Close()
+	if err := responseError(resp); err != nil {
+		return fmt.Errorf("export: %w", err)
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".litefs-export-*")
+	if err != nil {
+		return fmt.Errorf("export: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	n, err := io.Copy(tmp, resp.Body)
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("export: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("export: %w", err)
+	}
+	fmt.Fprintf(os.Stderr, "exported %s at %s to %s (%d bytes)\n", *name, resp.Header.Get("X-Litefs-Pos"), path, n)
+	return nil
+}
+
+// runImport implements "litefs import -name DB PATH".
+func runImport(args []string) error {
+	fs := flag.NewFlagSet("litefs import", flag.ContinueOnError)
+	name := fs.String("name", "", "database to replace or create")
+	u := fs.String("url", defaultURL(), "the local node's API (or $LITEFS_URL); must be the primary")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *name == "" || fs.NArg() != 1 {
+		return errors.New("import: usage: litefs import -name DB PATH")
+	}
+	f, err := os.Open(fs.Arg(0))
+	if err != nil {
+		return fmt.Errorf("import: %w", err)
+	}
+	defer f.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, *u+"/import?name="+url.QueryEscape(*name), f)
+	if err != nil {
+		return fmt.Errorf("import: %w", err)
+	}
+	req.Header.Set("Content-Type", "application/vnd.sqlite3")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("import: %w", err)
+	}
+	defer resp.Body.Close()
+	if err := responseError(resp); err != nil {
+		return fmt.Errorf("import: %w", err)
+	}
+	var out struct {
+		Pos string `json:"pos"`
+	}
+	json.NewDecoder(resp.Body).Decode(&out)
+	fmt.Fprintf(os.Stderr, "imported %s as %s, now at %s\n", fs.Arg(0), *name, out.Pos)
+	return nil
+}
+
+// responseError turns a non-200 answer into an error with the server's
+// message.
+func responseError(resp *http.Response) error {
+	if resp.StatusCode == http.StatusOK {
+		return nil
+	}
+	var e lhttp.Error
+	json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&e)
+	if e.Error == "" {
+		e.Error = resp.Status
+	}
+	return errors.New(e.Error)
+}
