@@ -54,6 +54,7 @@ type Info struct {
 	Candidate    bool               `json:"candidate"`
 	Primary      string             `json:"primary,omitempty"`    // the primary's hostname, on replicas
 	PrimaryURL   string             `json:"primaryURL,omitempty"` // the primary's API, on replicas
+	ProxyURL     string             `json:"proxyURL,omitempty"`   // this node's proxy, if it runs one
 	Databases    map[string]ltx.Pos `json:"databases"`
 }
 
@@ -77,6 +78,7 @@ func (n *node) info() Info {
 		Candidate:    n.leaser.Candidate(),
 		Primary:      n.primary.Hostname,
 		PrimaryURL:   n.primary.AdvertiseURL,
+		ProxyURL:     n.proxyURL,
 		Databases:    n.store.Positions(),
 	}
 }

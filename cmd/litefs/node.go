@@ -33,6 +33,8 @@ type node struct {
 
 	hostname     string // this node's, as the lease knows it
 	advertiseURL string // this node's API, as the lease knows it
+	proxy        *lhttp.Proxy
+	proxyURL     string // where other nodes reach this node's proxy
 
 	mu        sync.Mutex
 	isPrimary bool
@@ -85,6 +87,11 @@ func (n *node) open() error {
 		st.Close()
 		return err
 	}
+	if n.leaser.Type() == "static" && n.leaser.Candidate() {
+		// A static candidate is the primary from the start: the mount
+		// must accept writes from its first request.
+		st.SetWritable(true)
+	}
 
 	n.replicator = lhttp.NewReplicator(st, lhttp.ReplicatorOptions{
 		Databases:    n.cfg.Lease.Databases,
@@ -122,6 +129,12 @@ func (n *node) open() error {
 			n.logger.Error("http server", "err", err)
 		}
 	}()
+	if err := n.startProxy(); err != nil {
+		n.fuse.Unmount(context.Background())
+		n.http.Shutdown(context.Background())
+		st.Close()
+		return err
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	n.cancel = cancel
 	go n.run(ctx)
@@ -389,6 +402,11 @@ func (n *node) close(ctx context.Context) error {
 	if n.cancel != nil {
 		n.cancel()
 		<-n.done
+	}
+	if n.proxy != nil {
+		if err := n.proxy.Shutdown(ctx); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if n.http != nil {
 		if err := n.http.Shutdown(ctx); err != nil {
