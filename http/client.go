@@ -137,6 +137,14 @@ func (r *Replicator) Stream(ctx context.Context, baseURL string) error {
 			return fmt.Errorf("stream from %s: %w", baseURL, err)
 		}
 		if err := r.handle(ctx, f, payload); err != nil {
+			if ctx.Err() == nil {
+				var pos ltx.Pos
+				if db := r.store.DB(f.Name); db != nil {
+					pos = db.Pos()
+				}
+				r.logger.Warn("frame from the primary refused; nothing of it was applied",
+					"db", f.Name, "frame", f.Type.String(), "local_pos", pos.String(), "peer", baseURL, "err", err)
+			}
 			return fmt.Errorf("stream from %s: %s %s: %w", baseURL, f.Type, f.Name, err)
 		}
 	}
