@@ -357,6 +357,10 @@ func (s *Server) fail(req bfuse.Request, op string, name string, err error) {
 	en := errno(err)
 	switch en {
 	case syscall.ENOENT, syscall.EAGAIN, syscall.EINTR:
+	case syscall.EROFS:
+		// Routine on a replica (SQLite deletes the WAL when its last
+		// connection closes); the store logs refused writes itself.
+		s.logger.Debug("fuse: "+op+" refused on a replica", "file", name, "err", err)
 	default:
 		s.logger.Warn("fuse: "+op+" failed", "file", name, "errno", en.Error(), "err", err)
 	}

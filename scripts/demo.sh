@@ -104,6 +104,21 @@ show
 step "a write on a replica is refused"
 sqlite3 "$demo/replica1/mnt/app.db" "INSERT INTO visits (page) VALUES ('/nope');" 2>&1 | sed 's/^/  /' || true
 
+step "the same write on a replica holding the HALT lock (litefs run -with-lock)"
+"$litefs" run -with-lock "$demo/replica1/mnt/app.db" -- \
+	sqlite3 "$demo/replica1/mnt/app.db" "INSERT INTO visits (page) VALUES ('/from-replica1');" 2>&1 | sed 's/^/  /'
+wait_synced
+show
+
+step "some of the primary's metrics (GET /metrics)"
+python3 - "$primary_port" <<'PY' | sed 's/^/  /'
+import sys, urllib.request
+body = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics").read().decode()
+for line in body.splitlines():
+    if line.startswith(("litefs_db_txid", "litefs_db_commits_total", "litefs_replicas_connected", "litefs_is_primary")):
+        print(line)
+PY
+
 step "what a replica's mount shows"
 echo "  .primary: $(cat "$demo/replica1/mnt/.primary")"
 ls -la "$demo/replica1/mnt" | sed 's/^/  /'

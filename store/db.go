@@ -236,7 +236,10 @@ func (db *DB) Create(kind FileKind) error {
 	if db.closed {
 		return ErrNotExist
 	}
-	if kind != FileSHM && kind != FileDatabase && !db.writableLocked() {
+	// A replica lets SQLite create an empty WAL: a reader of a database in
+	// WAL mode needs one, and the last connection to close (under the HALT
+	// lock, say) deletes it.
+	if kind != FileSHM && kind != FileDatabase && kind != FileWAL && !db.writableLocked() {
 		return fmt.Errorf("create %s of %s: %w", kind, db.name, ErrReadOnly)
 	}
 	switch kind {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -236,6 +237,15 @@ func TestHaltMigrationWithRun(t *testing.T) {
 	var missing int
 	if err := pconn.QueryRow("SELECT count(*) FROM pragma_table_info('users') WHERE name = 'email'").Scan(&missing); err != nil || missing != 1 {
 		t.Fatalf("the primary does not have the migrated column (%v)", err)
+	}
+	// With nothing else writing: a write under the lock, then a new reader.
+	// The CLI, the last connection, deleted the replica's WAL as it closed;
+	// a reader must be able to open the database all the same.
+	if out, code := runLiteFS(t, "run", "-with-lock", replica.Path("m.db"), "--", "sqlite3", replica.Path("m.db"), "INSERT INTO users (name) VALUES ('from-replica')"); code != 0 {
+		t.Fatalf("write under the lock: exit %d\n%s", code, out)
+	}
+	if b, err := exec.Command("sqlite3", replica.Path("m.db"), "SELECT count(*) FROM users WHERE name = 'from-replica'").CombinedOutput(); err != nil || strings.TrimSpace(string(b)) != "1" {
+		t.Fatalf("read on the replica after writing under the lock: %v: %s", err, b)
 	}
 	// A failing command's status comes back.
 	if _, code := runLiteFS(t, "run", "-with-lock", replica.Path("m.db"), "--", "sh", "-c", "exit 7"); code != 7 {
