@@ -156,13 +156,14 @@ type ReplicaInfo struct {
 	Positions    map[string]ltx.Pos // what the replica has been sent
 }
 
-// DropStreams ends every replication stream, as when this node stops
-// being the primary; replicas then look for the new one.
+// DropStreams ends every replication stream once it has sent everything
+// committed so far, as when this node stops being the primary; replicas
+// then look for the new one.
 func (s *Server) DropStreams() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for st := range s.streams {
-		st.cancel()
+		st.stop()
 	}
 }
 
@@ -224,9 +225,8 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 	st.fw = NewFrameWriter(st.w)
 	s.logger.Info("replica connected", "peer", st.peer)
 	st.publish()
-	ctx, cancel := context.WithCancel(r.Context())
-	defer cancel()
-	st.cancel = cancel
+	ctx := r.Context()
+	st.finish = make(chan struct{})
 	s.mu.Lock()
 	s.streams[st] = struct{}{}
 	s.mu.Unlock()

@@ -21,15 +21,16 @@ const maxChangesetsForNewDB = 256
 
 // stream sends one replica everything it lacks, then follows the store.
 type stream struct {
-	server *Server
-	w      http.ResponseWriter
-	rc     *http.ResponseController
-	fw     *FrameWriter
-	peer   string
-	sent   map[string]ltx.Pos // each database's position on the replica
-	only   []string           // replicate only these databases, if set
-	req    StreamRequest
-	cancel context.CancelFunc // ends the stream
+	server   *Server
+	w        http.ResponseWriter
+	rc       *http.ResponseController
+	fw       *FrameWriter
+	peer     string
+	sent     map[string]ltx.Pos // each database's position on the replica
+	only     []string           // replicate only these databases, if set
+	req      StreamRequest
+	finish   chan struct{} // closed to end the stream once it has sent everything
+	finishMu sync.Once
 
 	mu        sync.Mutex
 	published map[string]ltx.Pos // copy of sent, for Server.Replicas
@@ -52,7 +53,7 @@ func (st *stream) run(ctx context.Context) error {
 	for {
 		changed := st.server.store.Changed()
 		if !st.server.opts.IsPrimary() {
-			return errors.New("this node stopped being the primary")
+			return st.drain(ctx)
 		}
 		sent, err := st.syncAll(ctx)
 		if err != nil {
@@ -92,9 +93,28 @@ func (st *stream) run(ctx context.Context) error {
 			if err := st.heartbeat(); err != nil {
 				return err
 			}
+		case <-st.finish:
+			return st.drain(ctx)
 		}
 	}
 }
+
+// drain sends what was committed before this node stopped being the
+// primary (writes are refused by then), then ends the stream. A replica
+// that is connected when the primary steps down misses nothing it
+// acknowledged.
+func (st *stream) drain(ctx context.Context) error {
+	if _, err := st.syncAll(ctx); err != nil {
+		return err
+	}
+	if err := st.flush(); err != nil {
+		return err
+	}
+	return errors.New("this node stopped being the primary")
+}
+
+// stop signals the stream to drain and end.
+func (st *stream) stop() { st.finishMu.Do(func() { close(st.finish) }) }
 
 // publish makes the positions sent so far visible to Server.Replicas.
 func (st *stream) publish() {

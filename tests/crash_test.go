@@ -34,17 +34,20 @@ func TestKillDaemonMidLoad(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			done := make(chan struct{})
+			var writeErr error // set by the writer before done closes
 			go func() {
 				defer close(done)
 				db, err := sql.Open("sqlite3", fmt.Sprintf("file:%s?_busy_timeout=2000&_journal_mode=%s", path, mode))
 				if err != nil {
+					writeErr = err
 					return
 				}
 				defer db.Close()
 				db.SetMaxOpenConns(1)
 				for ctx.Err() == nil {
 					if _, err := db.Exec("INSERT INTO t (v) VALUES (randomblob(abs(random()) % 6000))"); err != nil {
-						return // the mount went away
+						writeErr = err // expected once the daemon is killed
+						return
 					}
 					acked.Add(1)
 				}
@@ -52,7 +55,11 @@ func TestKillDaemonMidLoad(t *testing.T) {
 
 			// Let the load run, then crash the daemon under it.
 			for acked.Load() < 200 {
-				time.Sleep(10 * time.Millisecond)
+				select {
+				case <-done:
+					t.Fatalf("the writer stopped after %d transactions, before the crash: %v", acked.Load(), writeErr)
+				case <-time.After(10 * time.Millisecond):
+				}
 			}
 			n.Kill(t)
 			cancel()
