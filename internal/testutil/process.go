@@ -109,8 +109,9 @@ func moduleRoot() string {
 	return filepath.Join(filepath.Dir(file), "..", "..")
 }
 
-// DetachStaleMounts lazily unmounts every litefs mount under the temporary
-// directory; a killed test process can leave one behind.
+// DetachStaleMounts lazily unmounts litefs mounts under the temporary
+// directory whose daemon is gone (a killed test process can leave one
+// behind). Live mounts, of tests running in another process, are left alone.
 func DetachStaleMounts() {
 	b, err := os.ReadFile("/proc/mounts")
 	if err != nil {
@@ -120,8 +121,28 @@ func DetachStaleMounts() {
 	for _, line := range strings.Split(string(b), "\n") {
 		f := strings.Fields(line)
 		if len(f) > 2 && f[2] == "fuse.litefs" && strings.HasPrefix(f[1], tmp) {
+			if !disconnected(f[1]) {
+				continue // its daemon still answers, or may
+			}
 			_ = exec.Command("fusermount3", "-u", "-z", f[1]).Run()
 		}
+	}
+}
+
+// disconnected reports whether the FUSE mount at dir has lost its daemon.
+// A daemon that does not answer within a second is given the benefit of
+// the doubt.
+func disconnected(dir string) bool {
+	res := make(chan error, 1)
+	go func() {
+		_, err := os.Stat(dir)
+		res <- err
+	}()
+	select {
+	case err := <-res:
+		return errors.Is(err, syscall.ENOTCONN)
+	case <-time.After(time.Second):
+		return false
 	}
 }
 
