@@ -121,10 +121,8 @@ func (r *Replicator) Stream(ctx context.Context, baseURL string) error {
 		return fmt.Errorf("stream from %s: %w", baseURL, err)
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		var e Error
-		json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&e)
-		return fmt.Errorf("stream from %s: %s: %s", baseURL, resp.Status, e.Error)
+	if err := CheckResponse(resp); err != nil {
+		return fmt.Errorf("stream from %s: %w", baseURL, err)
 	}
 
 	r.setConnected(true)

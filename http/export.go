@@ -70,7 +70,7 @@ func (s *Server) handleImport(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusUnprocessableEntity, "%v", err)
 		return
 	}
-	writeJSONResponse(w, struct {
+	WriteJSON(w, http.StatusOK, struct {
 		Pos string `json:"pos"`
 	}{pos.String()})
 }

@@ -82,7 +82,7 @@ func (s *Server) handleHalt(w http.ResponseWriter, r *http.Request) {
 		writeError(w, haltStatus(err), "%v", err)
 		return
 	}
-	writeJSONResponse(w, HaltResponse{ID: g.ID, TTLMS: s.opts.HaltTTL.Milliseconds(), Pos: g.Pos})
+	WriteJSON(w, http.StatusOK, HaltResponse{ID: g.ID, TTLMS: s.opts.HaltTTL.Milliseconds(), Pos: g.Pos})
 }
 
 func (s *Server) handleHaltRef(do func(HaltRef) error) http.HandlerFunc {
@@ -96,7 +96,7 @@ func (s *Server) handleHaltRef(do func(HaltRef) error) http.HandlerFunc {
 			writeError(w, haltStatus(err), "%v", err)
 			return
 		}
-		writeJSONResponse(w, struct{}{})
+		WriteJSON(w, http.StatusOK, struct{}{})
 	}
 }
 
@@ -120,14 +120,9 @@ func (s *Server) handleHaltCommit(w http.ResponseWriter, r *http.Request) {
 		writeError(w, haltStatus(err), "%v", err)
 		return
 	}
-	writeJSONResponse(w, struct {
+	WriteJSON(w, http.StatusOK, struct {
 		Pos ltx.Pos `json:"pos"`
 	}{pos})
-}
-
-func writeJSONResponse(w http.ResponseWriter, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	json.NewEncoder(w).Encode(v)
 }
 
 // HaltClient obtains HALT locks from the primary for a replica: it
@@ -149,8 +144,8 @@ func (c *HaltClient) Acquire(ctx context.Context, name string, wait bool) (store
 	}
 	var resp HaltResponse
 	err := c.post(ctx, base+"/halt", HaltRequest{Name: name, NodeID: c.NodeID, Wait: wait}, &resp)
-	var se *statusError
-	if errors.As(err, &se) && se.code == http.StatusConflict && !wait {
+	var se *StatusError
+	if errors.As(err, &se) && se.Code == http.StatusConflict && !wait {
 		return nil, store.ErrHaltHeld
 	} else if err != nil {
 		return nil, err
@@ -188,16 +183,6 @@ func (c *HaltClient) waitPos(ctx context.Context, name string, pos ltx.Pos) erro
 	}
 }
 
-// statusError is a non-200 answer.
-type statusError struct {
-	code int
-	msg  string
-}
-
-func (e *statusError) Error() string {
-	return fmt.Sprintf("%d %s: %s", e.code, http.StatusText(e.code), e.msg)
-}
-
 func (c *HaltClient) post(ctx context.Context, u string, body, out any) error {
 	var rd io.Reader
 	ctype := "application/json"
@@ -220,10 +205,8 @@ func (c *HaltClient) post(ctx context.Context, u string, body, out any) error {
 		return err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		var e Error
-		json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&e)
-		return &statusError{code: resp.StatusCode, msg: e.Error}
+	if err := CheckResponse(resp); err != nil {
+		return err
 	}
 	if out != nil {
 		return json.NewDecoder(resp.Body).Decode(out)
@@ -257,12 +240,12 @@ func (h *remoteHalt) keepAlive() {
 		ctx, cancel := context.WithTimeout(context.Background(), h.ttl)
 		err := h.c.post(ctx, h.base+"/halt/keepalive", h.ref, nil)
 		cancel()
-		var se *statusError
-		if errors.As(err, &se) && se.code == http.StatusConflict {
+		var se *StatusError
+		if errors.As(err, &se) && se.Code == http.StatusConflict {
 			h.mu.Lock()
-			h.lost = fmt.Errorf("HALT lock %d on %s was lost: %s", h.ref.ID, h.ref.Name, se.msg)
+			h.lost = fmt.Errorf("HALT lock %d on %s was lost: %s", h.ref.ID, h.ref.Name, se.Message)
 			h.mu.Unlock()
-			h.c.Logger.Warn("HALT lock lost", "db", h.ref.Name, "lock_id", h.ref.ID, "err", se.msg)
+			h.c.Logger.Warn("HALT lock lost", "db", h.ref.Name, "lock_id", h.ref.ID, "err", se.Message)
 			return
 		} else if err != nil {
 			h.c.Logger.Warn("keep HALT lock alive", "db", h.ref.Name, "err", err)

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
@@ -48,8 +47,7 @@ type Proxy struct {
 	store *store.Store
 	opts  ProxyOptions
 	app   *httputil.ReverseProxy
-	srv   *http.Server
-	ln    net.Listener
+	listener
 }
 
 // NewProxy returns a proxy; call Listen, then Serve.
@@ -72,33 +70,9 @@ func NewProxy(st *store.Store, opts ProxyOptions) *Proxy {
 		ModifyResponse: p.setTXIDCookie,
 		ErrorHandler:   p.badGateway,
 	}
-	p.srv = &http.Server{Handler: p, ReadHeaderTimeout: 10 * time.Second}
+	p.listener = listener{name: "proxy", addr: opts.Addr, srv: &http.Server{Handler: p, ReadHeaderTimeout: 10 * time.Second}}
 	return p
 }
-
-// Listen opens the proxy's listener.
-func (p *Proxy) Listen() error {
-	ln, err := net.Listen("tcp", p.opts.Addr)
-	if err != nil {
-		return fmt.Errorf("proxy: listen on %s: %w", p.opts.Addr, err)
-	}
-	p.ln = ln
-	return nil
-}
-
-// Addr is the address the proxy listens on.
-func (p *Proxy) Addr() net.Addr { return p.ln.Addr() }
-
-// Serve serves until Shutdown.
-func (p *Proxy) Serve() error {
-	if err := p.srv.Serve(p.ln); !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
-}
-
-// Shutdown stops the proxy.
-func (p *Proxy) Shutdown(ctx context.Context) error { return p.srv.Shutdown(ctx) }
 
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch {

@@ -5,8 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/pprof"
 	"strings"
@@ -45,9 +45,8 @@ type Server struct {
 	store  *store.Store
 	opts   ServerOptions
 	logger *slog.Logger
-	ln     net.Listener
-	srv    *http.Server
-	mux    *http.ServeMux
+	listener
+	mux *http.ServeMux
 
 	mu      sync.Mutex
 	streams map[*stream]struct{}
@@ -87,6 +86,7 @@ func NewServer(st *store.Store, opts ServerOptions) *Server {
 	s.mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	s.mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	s.mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	s.listener = listener{name: "http", addr: opts.Addr}
 	s.srv = &http.Server{
 		Handler:           s,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -102,36 +102,6 @@ func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, 
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Litefs-Id", fmt.Sprintf("%016X", s.store.NodeID()))
 	s.mux.ServeHTTP(w, r)
-}
-
-// Listen opens the listening socket.
-func (s *Server) Listen() error {
-	ln, err := net.Listen("tcp", s.opts.Addr)
-	if err != nil {
-		return fmt.Errorf("http: listen on %s: %w", s.opts.Addr, err)
-	}
-	s.ln = ln
-	return nil
-}
-
-// Addr returns the address the server listens on.
-func (s *Server) Addr() net.Addr { return s.ln.Addr() }
-
-// Serve serves requests until Shutdown.
-func (s *Server) Serve() error {
-	if err := s.srv.Serve(s.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("http: %w", err)
-	}
-	return nil
-}
-
-// Shutdown stops the server, ending open streams.
-func (s *Server) Shutdown(ctx context.Context) error {
-	err := s.srv.Shutdown(ctx)
-	if err != nil {
-		s.srv.Close()
-	}
-	return err
 }
 
 // StreamRequest is the body of POST /stream: who is asking and what it has.
@@ -184,9 +154,35 @@ type Error struct {
 }
 
 func writeError(w http.ResponseWriter, code int, format string, args ...any) {
+	WriteJSON(w, code, Error{Error: fmt.Sprintf(format, args...)})
+}
+
+// WriteJSON writes v as the JSON body of a response with status code.
+func WriteJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(Error{Error: fmt.Sprintf(format, args...)})
+	json.NewEncoder(w).Encode(v)
+}
+
+// StatusError is a non-200 answer from a litefs node.
+type StatusError struct {
+	Code    int
+	Message string // the node's explanation, from the Error body
+}
+
+func (e *StatusError) Error() string {
+	return fmt.Sprintf("%d %s: %s", e.Code, http.StatusText(e.Code), e.Message)
+}
+
+// CheckResponse returns nil for a 200 answer and otherwise a *StatusError
+// carrying the node's message.
+func CheckResponse(resp *http.Response) error {
+	if resp.StatusCode == http.StatusOK {
+		return nil
+	}
+	var e Error
+	json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&e)
+	return &StatusError{Code: resp.StatusCode, Message: e.Error}
 }
 
 func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"slices"
 	"sync"
@@ -118,10 +119,7 @@ func (st *stream) stop() { st.finishMu.Do(func() { close(st.finish) }) }
 
 // publish makes the positions sent so far visible to Server.Replicas.
 func (st *stream) publish() {
-	m := make(map[string]ltx.Pos, len(st.sent))
-	for k, v := range st.sent {
-		m[k] = v
-	}
+	m := maps.Clone(st.sent)
 	st.mu.Lock()
 	st.published = m
 	st.mu.Unlock()

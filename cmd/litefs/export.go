@@ -33,7 +33,7 @@ func runExport(args []string) error {
 		return fmt.Errorf("export: %w", err)
 	}
 	defer resp.Body.Close()
-	if err := responseError(resp); err != nil {
+	if err := lhttp.CheckResponse(resp); err != nil {
 		return fmt.Errorf("export: %w", err)
 	}
 	tmp, err := os.CreateTemp(filepath.Dir(path), ".litefs-export-*")
@@ -86,7 +86,7 @@ func runImport(args []string) error {
 		return fmt.Errorf("import: %w", err)
 	}
 	defer resp.Body.Close()
-	if err := responseError(resp); err != nil {
+	if err := lhttp.CheckResponse(resp); err != nil {
 		return fmt.Errorf("import: %w", err)
 	}
 	var out struct {
@@ -95,18 +95,4 @@ func runImport(args []string) error {
 	json.NewDecoder(resp.Body).Decode(&out)
 	fmt.Fprintf(os.Stderr, "imported %s as %s, now at %s\n", fs.Arg(0), *name, out.Pos)
 	return nil
-}
-
-// responseError turns a non-200 answer into an error with the server's
-// message.
-func responseError(resp *http.Response) error {
-	if resp.StatusCode == http.StatusOK {
-		return nil
-	}
-	var e lhttp.Error
-	json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&e)
-	if e.Error == "" {
-		e.Error = resp.Status
-	}
-	return errors.New(e.Error)
 }

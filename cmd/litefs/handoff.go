@@ -84,7 +84,7 @@ func (n *node) info() Info {
 }
 
 func (n *node) handleInfo(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, n.info())
+	lhttp.WriteJSON(w, http.StatusOK, n.info())
 }
 
 // handlePromote makes this candidate the primary by handoff.
@@ -92,10 +92,10 @@ func (n *node) handlePromote(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*handoffTimeout)
 	defer cancel()
 	if err := n.promote(ctx); err != nil {
-		writeJSON(w, http.StatusConflict, lhttp.Error{Error: err.Error()})
+		lhttp.WriteJSON(w, http.StatusConflict, lhttp.Error{Error: err.Error()})
 		return
 	}
-	writeJSON(w, http.StatusOK, n.info())
+	lhttp.WriteJSON(w, http.StatusOK, n.info())
 }
 
 func (n *node) promote(ctx context.Context) error {
@@ -163,22 +163,22 @@ func (n *node) waitPositions(ctx context.Context, want map[string]ltx.Pos) error
 func (n *node) handleHandoff(w http.ResponseWriter, r *http.Request) {
 	var req handoffRequest
 	if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&req); err != nil || req.Hostname == "" {
-		writeJSON(w, http.StatusBadRequest, lhttp.Error{Error: "invalid handoff request: want {\"hostname\": ...}"})
+		lhttp.WriteJSON(w, http.StatusBadRequest, lhttp.Error{Error: "invalid handoff request: want {\"hostname\": ...}"})
 		return
 	}
 	if n.leaser.Type() == "static" {
-		writeJSON(w, http.StatusBadRequest, lhttp.Error{Error: "a static lease cannot be handed over"})
+		lhttp.WriteJSON(w, http.StatusBadRequest, lhttp.Error{Error: "a static lease cannot be handed over"})
 		return
 	}
 	n.mu.Lock()
 	switch {
 	case !n.isPrimary:
 		n.mu.Unlock()
-		writeJSON(w, http.StatusServiceUnavailable, lhttp.Error{Error: "this node is not the primary"})
+		lhttp.WriteJSON(w, http.StatusServiceUnavailable, lhttp.Error{Error: "this node is not the primary"})
 		return
 	case n.handoff != nil:
 		n.mu.Unlock()
-		writeJSON(w, http.StatusConflict, lhttp.Error{Error: "a handoff to " + n.handoff.hostname + " is in progress"})
+		lhttp.WriteJSON(w, http.StatusConflict, lhttp.Error{Error: "a handoff to " + n.handoff.hostname + " is in progress"})
 		return
 	}
 	h := &handoff{hostname: req.Hostname}
@@ -192,7 +192,7 @@ func (n *node) handleHandoff(w http.ResponseWriter, r *http.Request) {
 		n.mu.Lock()
 		n.handoff = nil
 		n.mu.Unlock()
-		writeJSON(w, http.StatusServiceUnavailable, lhttp.Error{Error: "handoff: " + err.Error()})
+		lhttp.WriteJSON(w, http.StatusServiceUnavailable, lhttp.Error{Error: "handoff: " + err.Error()})
 		return
 	}
 	n.store.SetWritable(false)
@@ -202,31 +202,31 @@ func (n *node) handleHandoff(w http.ResponseWriter, r *http.Request) {
 	n.mu.Unlock()
 	pos := n.store.Positions()
 	n.logger.Info("handoff started: writes held", "to", req.Hostname)
-	writeJSON(w, http.StatusOK, handoffResponse{Positions: pos})
+	lhttp.WriteJSON(w, http.StatusOK, handoffResponse{Positions: pos})
 }
 
 // handleHandoffRelease is step 3 on the primary.
 func (n *node) handleHandoffRelease(w http.ResponseWriter, r *http.Request) {
 	var req handoffRequest
 	if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&req); err != nil {
-		writeJSON(w, http.StatusBadRequest, lhttp.Error{Error: "invalid handoff request"})
+		lhttp.WriteJSON(w, http.StatusBadRequest, lhttp.Error{Error: "invalid handoff request"})
 		return
 	}
 	n.mu.Lock()
 	h, l := n.handoff, n.lease
 	n.mu.Unlock()
 	if h == nil || h.release == nil || h.hostname != req.Hostname || l == nil {
-		writeJSON(w, http.StatusConflict, lhttp.Error{Error: "no handoff to " + req.Hostname + " is in progress"})
+		lhttp.WriteJSON(w, http.StatusConflict, lhttp.Error{Error: "no handoff to " + req.Hostname + " is in progress"})
 		return
 	}
 	h.timer.Stop()
 	if err := l.Handoff(r.Context(), req.Hostname); err != nil {
 		n.abortHandoff(h)
-		writeJSON(w, http.StatusInternalServerError, lhttp.Error{Error: err.Error()})
+		lhttp.WriteJSON(w, http.StatusInternalServerError, lhttp.Error{Error: err.Error()})
 		return
 	}
 	n.logger.Info("lease handed off", "to", req.Hostname)
-	writeJSON(w, http.StatusOK, struct{}{})
+	lhttp.WriteJSON(w, http.StatusOK, struct{}{})
 }
 
 // abortHandoff lets writers in again if the node is still primary.
@@ -268,7 +268,7 @@ func (n *node) endHandoff() {
 // up first.
 func (n *node) handleDemote(w http.ResponseWriter, r *http.Request) {
 	if !n.IsPrimary() {
-		writeJSON(w, http.StatusConflict, lhttp.Error{Error: "demote: this node is not the primary"})
+		lhttp.WriteJSON(w, http.StatusConflict, lhttp.Error{Error: "demote: this node is not the primary"})
 		return
 	}
 	pos := n.store.Positions()
@@ -283,17 +283,17 @@ func (n *node) handleDemote(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if pick == nil {
-		writeJSON(w, http.StatusConflict, lhttp.Error{Error: "demote: no candidate replica is connected"})
+		lhttp.WriteJSON(w, http.StatusConflict, lhttp.Error{Error: "demote: no candidate replica is connected"})
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 2*handoffTimeout)
 	defer cancel()
 	var info Info
 	if err := postJSON(ctx, pick.AdvertiseURL+"/promote", struct{}{}, &info); err != nil {
-		writeJSON(w, http.StatusConflict, lhttp.Error{Error: fmt.Sprintf("demote: promote %s: %v", pick.Hostname, err)})
+		lhttp.WriteJSON(w, http.StatusConflict, lhttp.Error{Error: fmt.Sprintf("demote: promote %s: %v", pick.Hostname, err)})
 		return
 	}
-	writeJSON(w, http.StatusOK, info)
+	lhttp.WriteJSON(w, http.StatusOK, info)
 }
 
 func caughtUp(have, want map[string]ltx.Pos) bool {
@@ -305,33 +305,36 @@ func caughtUp(have, want map[string]ltx.Pos) bool {
 	return true
 }
 
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(v)
-}
-
-// postJSON posts body to url and decodes a 200 answer into out (if not
-// nil); any other status becomes an error carrying the server's message.
+// postJSON posts body as JSON to url and decodes a 200 answer into out
+// (if not nil); any other answer becomes an error with the node's message.
 func postJSON(ctx context.Context, url string, body, out any) error {
 	b, err := json.Marshal(body)
 	if err != nil {
 		return err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(url, "/"), bytes.NewReader(b))
+	return callJSON(ctx, http.MethodPost, url, bytes.NewReader(b), out)
+}
+
+// getJSON decodes a 200 answer from url into out.
+func getJSON(ctx context.Context, url string, out any) error {
+	return callJSON(ctx, http.MethodGet, url, nil, out)
+}
+
+func callJSON(ctx context.Context, method, url string, body io.Reader, out any) error {
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimSuffix(url, "/"), body)
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Content-Type", "application/json")
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		var e lhttp.Error
-		json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&e)
-		return fmt.Errorf("%s: %s: %s", url, resp.Status, e.Error)
+	if err := lhttp.CheckResponse(resp); err != nil {
+		return fmt.Errorf("%s: %w", url, err)
 	}
 	if out == nil {
 		return nil

@@ -2,21 +2,16 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"log/slog"
-	"net/http"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
 	"github.com/litefs-project/litefs"
-	lhttp "github.com/litefs-project/litefs/http"
 )
 
 // DefaultURL is the local node's API when -url is not given.
@@ -115,23 +110,4 @@ func runDemote(args []string) error {
 	}
 	fmt.Printf("%s is the primary\n", info.Hostname)
 	return nil
-}
-
-// getJSON decodes a 200 answer from url into out.
-func getJSON(ctx context.Context, url string, out any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(url, "/"), nil)
-	if err != nil {
-		return err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		var e lhttp.Error
-		json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&e)
-		return fmt.Errorf("%s: %s: %s", url, resp.Status, e.Error)
-	}
-	return json.NewDecoder(resp.Body).Decode(out)
 }
