@@ -250,7 +250,7 @@ func (n *node) run(ctx context.Context) {
 		if err == nil && info.AdvertiseURL == n.advertiseURL {
 			// The lease still names this node from before a restart;
 			// its old session has to expire first.
-			n.waitChange(ctx, info, 0)
+			n.leaser.WaitChange(ctx, info)
 			continue
 		}
 		if err != nil {
@@ -290,17 +290,6 @@ func (n *node) run(ctx context.Context) {
 		}
 		backoff.wait(ctx)
 	}
-}
-
-// waitChange waits until the lease no longer names info, or for max (0
-// for no limit).
-func (n *node) waitChange(ctx context.Context, info lease.PrimaryInfo, max time.Duration) {
-	if max > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, max)
-		defer cancel()
-	}
-	n.leaser.WaitChange(ctx, info)
 }
 
 // servePrimary accepts writes until the lease ends or ctx ends.
