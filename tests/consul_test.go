@@ -126,20 +126,18 @@ func rowSet(t *testing.T, n *testutil.Node, db string) map[string]bool {
 	t.Helper()
 	conn := testutil.OpenDB(t, n.Path(db), "")
 	defer conn.Close()
-	rows, err := conn.Query("SELECT v FROM t")
-	if err != nil {
-		t.Fatal(err)
+	return rowValues(t, conn)
+}
+
+// startConsulCluster starts candidate a, waits until it is the primary,
+// then starts candidate b and non-candidate c.
+func startConsulCluster(t *testing.T, c *testutil.Consul) (a, b, n3 *testutil.Node) {
+	t.Helper()
+	a = startConsulNode(t, c, "a", true)
+	if waitPrimary(t, []*testutil.Node{a}, failoverLimit) != a {
+		t.Fatal("a is not primary")
 	}
-	defer rows.Close()
-	m := map[string]bool{}
-	for rows.Next() {
-		var v string
-		if err := rows.Scan(&v); err != nil {
-			t.Fatal(err)
-		}
-		m[v] = true
-	}
-	return m
+	return a, startConsulNode(t, c, "b", true), startConsulNode(t, c, "c", false)
 }
 
 // TestConsulElectionAndFailover: three nodes elect one primary; its writes
@@ -242,12 +240,7 @@ func TestConsulElectionAndFailover(t *testing.T) {
 // that moved on without it.
 func TestConsulDivergedPrimaryRejoins(t *testing.T) {
 	c := testutil.StartConsul(t)
-	a := startConsulNode(t, c, "a", true)
-	if waitPrimary(t, []*testutil.Node{a}, failoverLimit) != a {
-		t.Fatal("a is not primary")
-	}
-	b := startConsulNode(t, c, "b", true)
-	n3 := startConsulNode(t, c, "c", false)
+	a, b, n3 := startConsulCluster(t, c)
 	createTable(t, a, "db")
 	for i := 0; i < 20; i++ {
 		if err := tryWrite(a, "db", fmt.Sprintf("shared-%d", i)); err != nil {
@@ -297,12 +290,7 @@ func TestConsulDivergedPrimaryRejoins(t *testing.T) {
 // writer saw succeed is on the new primary. `litefs demote` moves it back.
 func TestConsulHandoffUnderLoad(t *testing.T) {
 	c := testutil.StartConsul(t)
-	a := startConsulNode(t, c, "a", true)
-	if waitPrimary(t, []*testutil.Node{a}, failoverLimit) != a {
-		t.Fatal("a is not primary")
-	}
-	b := startConsulNode(t, c, "b", true)
-	n3 := startConsulNode(t, c, "c", false)
+	a, b, n3 := startConsulCluster(t, c)
 	nodes := []*testutil.Node{a, b, n3}
 	createTable(t, a, "db")
 	checkReplica(t, a, b, "db", "")

@@ -187,12 +187,7 @@ func nextEvent(t *testing.T, ch <-chan event) event {
 // primary's change on a handoff.
 func TestEventsFollowCluster(t *testing.T) {
 	c := testutil.StartConsul(t)
-	a := startConsulNode(t, c, "a", true)
-	if waitPrimary(t, []*testutil.Node{a}, failoverLimit) != a {
-		t.Fatal("a is not primary")
-	}
-	b := startConsulNode(t, c, "b", true)
-	n3 := startConsulNode(t, c, "c", false)
+	a, b, n3 := startConsulCluster(t, c)
 	waitPrimary(t, []*testutil.Node{a, b, n3}, failoverLimit)
 	createTable(t, a, "db")
 	b.WaitPos(t, "db", a.Pos(t, "db"), syncTimeout)
