@@ -24,6 +24,7 @@ consul:
 	@scripts/install-consul.sh >/dev/null
 
 test: deps consul
+	@scripts/check-tree.sh
 	$(GO) vet ./...
 	@unformatted="$$(gofmt -l .)"; if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 	LITEFS_CONSUL="$$(scripts/install-consul.sh 2>/dev/null | tail -n1)" $(GO) test -race -timeout 25m ./...
@@ -38,6 +39,7 @@ $(STATICCHECK):
 	GOBIN=$(abspath $(BIN)) $(GO) install honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
 lint: $(STATICCHECK)
+	@scripts/check-tree.sh
 	$(GO) vet ./...
 	@unformatted="$$(gofmt -l .)"; if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 	$(STATICCHECK) ./...
