@@ -57,6 +57,12 @@ func (s *Server) open(r *bfuse.OpenRequest) {
 	writing := !r.Flags.IsReadOnly()
 	switch {
 	case n.status != "":
+		// The kernel may still hold the entry of a status file that the
+		// node's role change removed.
+		if _, ok := s.statusContent(n.status); !ok {
+			r.RespondError(syscall.ENOENT)
+			return
+		}
 		if writing {
 			r.RespondError(syscall.EACCES)
 			return
@@ -125,11 +131,29 @@ func (s *Server) write(r *bfuse.WriteRequest) {
 		return
 	}
 	k, err := n.db.WriteAt(n.kind, r.Data, r.Offset)
-	if err != nil {
-		s.fail(r, "write", n.name, err)
+	s.reply(r, "write", n.name, err, func() { r.Respond(&bfuse.WriteResponse{Size: k}) })
+}
+
+// reply answers a request that may have completed a transaction: at once,
+// or, when its commit waits for another node (store.Pending), from a
+// goroutine of its own once the answer comes, while the loop serves every
+// other request.
+func (s *Server) reply(r bfuse.Request, op, name string, err error, ok func()) {
+	if p := store.PendingOf(err); p != nil {
+		s.goAsync(r, func(ctx context.Context) {
+			if err := p.Wait(ctx); err != nil {
+				s.fail(r, op, name, err)
+				return
+			}
+			ok()
+		})
 		return
 	}
-	r.Respond(&bfuse.WriteResponse{Size: k})
+	if err != nil {
+		s.fail(r, op, name, err)
+		return
+	}
+	ok()
 }
 
 func (s *Server) fsync(r *bfuse.FsyncRequest) {
@@ -155,7 +179,9 @@ func (s *Server) fsync(r *bfuse.FsyncRequest) {
 // the file are released.
 func (s *Server) flush(r *bfuse.FlushRequest) {
 	if h := s.handleOf(r.Handle); h != nil && h.node.db != nil {
-		h.node.db.ReleaseOwner(h.node.kind, rangelock.Owner(r.LockOwner))
+		err := h.node.db.ReleaseOwner(h.node.kind, rangelock.Owner(r.LockOwner))
+		s.reply(r, "flush", h.node.name, err, r.Respond)
+		return
 	}
 	r.Respond()
 }
@@ -168,7 +194,9 @@ func (s *Server) release(r *bfuse.ReleaseRequest) {
 	delete(s.handles, r.Handle)
 	s.mu.Unlock()
 	if h != nil && h.node.db != nil {
-		h.node.db.ReleaseHandle(h.node.kind, uint64(r.Handle))
+		err := h.node.db.ReleaseHandle(h.node.kind, uint64(r.Handle))
+		s.reply(r, "release", h.node.name, err, r.Respond)
+		return
 	}
 	r.Respond()
 }
@@ -209,23 +237,22 @@ func (s *Server) lock(r *bfuse.LockRequest) {
 		s.fail(r, "lock", "", err)
 		return
 	}
-	do := func() {
-		ok, err := n.db.Lock(n.kind, req)
+	answer := func(ok bool, err error) {
 		switch {
-		case err != nil:
+		case err != nil && store.PendingOf(err) == nil:
 			s.fail(r, "lock", n.name, err)
 		case !ok:
 			r.RespondError(syscall.EAGAIN)
 		default:
-			r.Respond()
+			s.reply(r, "lock", n.name, err, r.Respond)
 		}
 	}
-	if n.kind == store.FileLock {
+	if n.kind == store.FileLock && req.Type == rangelock.Write {
 		// The HALT lock may be the primary's: a network round trip.
-		s.goAsync(r, func(context.Context) { do() })
+		s.goAsync(r, func(ctx context.Context) { answer(n.db.LockHalt(ctx, req, false)) })
 		return
 	}
-	do()
+	answer(n.db.Lock(n.kind, req))
 }
 
 func (s *Server) unlock(r *bfuse.UnlockRequest) {
@@ -234,50 +261,42 @@ func (s *Server) unlock(r *bfuse.UnlockRequest) {
 		s.fail(r, "unlock", "", err)
 		return
 	}
-	if _, err := n.db.Lock(n.kind, req); err != nil {
-		s.fail(r, "unlock", n.name, err)
-		return
-	}
-	r.Respond()
-}
-
-// lockHaltWait takes a lock on the HALT file, off the serve loop.
-func (s *Server) lockHaltWait(r *bfuse.LockWaitRequest, n *node, req rangelock.Lock) {
-	s.goAsync(r, func(ctx context.Context) {
-		if err := n.db.LockWait(ctx, n.kind, req); err != nil {
-			s.fail(r, "lock", n.name, err)
-			return
-		}
-		r.Respond()
-	})
+	_, err = n.db.Lock(n.kind, req)
+	s.reply(r, "unlock", n.name, err, r.Respond)
 }
 
 // lockWait tries the lock at once and, only if another owner holds it,
-// waits on a goroutine of its own so the serve loop keeps going.
+// waits on a goroutine of its own so the serve loop keeps going. A lock on
+// the HALT file always goes to its own goroutine: it may ask the primary.
 func (s *Server) lockWait(r *bfuse.LockWaitRequest) {
 	n, req, err := s.lockTarget(r.Handle, r.LockOwner, r.Lock)
 	if err != nil {
 		s.fail(r, "lock", "", err)
 		return
 	}
+	wait := func() {
+		s.goAsync(r, func(ctx context.Context) {
+			err := n.db.LockWait(ctx, n.kind, req)
+			if p := store.PendingOf(err); p != nil {
+				err = p.Wait(ctx)
+			}
+			if err != nil {
+				s.fail(r, "lock", n.name, err)
+				return
+			}
+			r.Respond()
+		})
+	}
 	if n.kind == store.FileLock {
-		s.lockHaltWait(r, n, req)
+		wait()
 		return
 	}
-	if ok, err := n.db.Lock(n.kind, req); err != nil {
-		s.fail(r, "lock", n.name, err)
-		return
-	} else if ok {
-		r.Respond()
+	ok, err := n.db.Lock(n.kind, req)
+	if err != nil || ok {
+		s.reply(r, "lock", n.name, err, r.Respond)
 		return
 	}
-	s.goAsync(r, func(ctx context.Context) {
-		if err := n.db.LockWait(ctx, n.kind, req); err != nil {
-			s.fail(r, "lock", n.name, err)
-			return
-		}
-		r.Respond()
-	})
+	wait()
 }
 
 func (s *Server) queryLock(r *bfuse.QueryLockRequest) {

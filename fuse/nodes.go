@@ -167,6 +167,11 @@ func (s *Server) lookup(r *bfuse.LookupRequest) {
 	}
 	n := s.nodes.ref(r.Name, db, kind, status)
 	resp := bfuse.LookupResponse{Node: n.id, EntryValid: entryValid}
+	if status != "" {
+		// A status file appears and disappears with the node's role: the
+		// kernel must ask again at every lookup.
+		resp.EntryValid = 0
+	}
 	if err := s.attr(n, &resp.Attr); err != nil {
 		s.nodes.forget(n.id, 1)
 		s.fail(r, "lookup", r.Name, err)
@@ -200,12 +205,17 @@ func (s *Server) setattr(r *bfuse.SetattrRequest) {
 			r.RespondError(syscall.EACCES)
 			return
 		}
-		if err := n.db.Truncate(n.kind, int64(r.Size)); err != nil {
-			s.fail(r, "truncate", n.name, err)
+		err := n.db.Truncate(n.kind, int64(r.Size))
+		if err != nil {
+			s.reply(r, "truncate", n.name, err, func() { s.respondSetattr(r, n) })
 			return
 		}
 	}
 	// Modes, owners and times are fixed; accept and ignore changes to them.
+	s.respondSetattr(r, n)
+}
+
+func (s *Server) respondSetattr(r *bfuse.SetattrRequest, n *node) {
 	var resp bfuse.SetattrResponse
 	if err := s.attr(n, &resp.Attr); err != nil {
 		s.fail(r, "setattr", n.name, err)
@@ -248,11 +258,14 @@ func (s *Server) create(r *bfuse.CreateRequest) {
 	if err == nil && r.Flags&bfuse.OpenTruncate != 0 && kind != store.FileDatabase {
 		err = db.Truncate(kind, 0)
 	}
-	if err != nil {
+	if err != nil && store.PendingOf(err) == nil {
 		s.failOpen(r, "create", r.Name, err)
 		return
 	}
+	s.reply(r, "create", r.Name, err, func() { s.respondCreate(r, db, kind) })
+}
 
+func (s *Server) respondCreate(r *bfuse.CreateRequest, db *store.DB, kind store.FileKind) {
 	n := s.nodes.ref(r.Name, db, kind, "")
 	var resp bfuse.CreateResponse
 	resp.Node, resp.EntryValid = n.id, entryValid
@@ -305,12 +318,10 @@ func (s *Server) remove(r *bfuse.RemoveRequest) {
 			err = db.Remove(kind)
 		}
 	}
-	if err != nil {
-		s.fail(r, "remove", r.Name, err)
-		return
-	}
-	s.nodes.unlink(r.Name)
-	r.Respond()
+	s.reply(r, "remove", r.Name, err, func() {
+		s.nodes.unlink(r.Name)
+		r.Respond()
+	})
 }
 
 var allKinds = []store.FileKind{store.FileDatabase, store.FileJournal, store.FileWAL, store.FileSHM, store.FilePos, store.FileLock}

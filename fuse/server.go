@@ -108,6 +108,9 @@ func Mount(dir string, st *store.Store, opts Options) (*Server, error) {
 		done:     make(chan struct{}),
 	}
 	s.nodes.init()
+	// The store invalidates what the kernel caches of files it changes
+	// itself (replicated pages); from the first request on.
+	st.SetInvalidator(s)
 	go s.serve()
 	if err := s.disablePoll(); err != nil {
 		_ = s.Unmount(context.Background())

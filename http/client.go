@@ -7,11 +7,15 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"errors"
 	"math"
+	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/litefs-project/litefs/internal/lowprio"
@@ -63,7 +67,12 @@ func NewReplicator(st *store.Store, opts ReplicatorOptions) *Replicator {
 	return &Replicator{
 		store:     st,
 		logger:    opts.Logger,
-		client:    &http.Client{Transport: &http.Transport{Proxy: nil, DisableCompression: true}},
+		client: &http.Client{Transport: &http.Transport{
+			Proxy:                 nil,
+			DisableCompression:    true,
+			DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 15 * time.Second}).DialContext,
+			ResponseHeaderTimeout: 10 * time.Second,
+		}},
 		databases: opts.Databases,
 		heartbeat: opts.HeartbeatInterval,
 		opts:      opts,
@@ -94,10 +103,15 @@ func (r *Replicator) Lag() time.Duration {
 	return time.Since(last)
 }
 
-// Stream connects to the primary at baseURL and applies its stream until
-// the stream ends, ctx ends, or something fails verification. It always
-// returns an error saying why it stopped.
-func (r *Replicator) Stream(ctx context.Context, baseURL string) error {
+// streamIdleTimeout is how long a stream may carry nothing at all (the
+// primary sends a heartbeat every second) before it is taken for dead.
+const streamIdleTimeout = 15 * time.Second
+
+// Stream connects to the primary at baseURL, which must be in the term of
+// epoch, and applies its stream until the stream ends, ctx ends, or
+// something fails verification. It always returns an error saying why it
+// stopped.
+func (r *Replicator) Stream(ctx context.Context, baseURL string, epoch uint64) error {
 	req := StreamRequest{
 		NodeID:       fmt.Sprintf("%016X", r.store.NodeID()),
 		Positions:    r.store.Positions(),
@@ -106,11 +120,14 @@ func (r *Replicator) Stream(ctx context.Context, baseURL string) error {
 		Hostname:     r.opts.Hostname,
 		AdvertiseURL: r.opts.AdvertiseURL,
 		Candidate:    r.opts.Candidate,
+		Epoch:        epoch,
 	}
 	body, err := json.Marshal(req)
 	if err != nil {
 		return err
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(baseURL, "/")+"/stream", bytes.NewReader(body))
 	if err != nil {
 		return fmt.Errorf("stream from %s: %w", baseURL, err)
@@ -124,14 +141,27 @@ func (r *Replicator) Stream(ctx context.Context, baseURL string) error {
 	if err := CheckResponse(resp); err != nil {
 		return fmt.Errorf("stream from %s: %w", baseURL, err)
 	}
+	// A stream belongs to one term: frames of any other are refused.
+	if got := resp.Header.Get(EpochHeader); got != strconv.FormatUint(epoch, 10) {
+		return fmt.Errorf("stream from %s: %w: the primary is in epoch %q, the lease names epoch %d", baseURL, ErrStaleTerm, got, epoch)
+	}
 
 	r.setConnected(true)
 	defer r.setConnected(false)
-	r.logger.Info("connected to primary", "url", baseURL)
-	fr := NewFrameReader(resp.Body)
+	r.logger.Info("connected to primary", "url", baseURL, "epoch", epoch)
+	var idled atomic.Bool
+	idle := time.AfterFunc(streamIdleTimeout, func() {
+		idled.Store(true)
+		cancel()
+	})
+	defer idle.Stop()
+	fr := NewFrameReader(&watchdogReader{r: resp.Body, t: idle, d: streamIdleTimeout})
 	for {
 		f, payload, err := fr.Next()
 		if err != nil {
+			if idled.Load() {
+				err = fmt.Errorf("nothing received for %s: %w", streamIdleTimeout, err)
+			}
 			return fmt.Errorf("stream from %s: %w", baseURL, err)
 		}
 		if err := r.handle(ctx, f, payload); err != nil {
@@ -225,6 +255,25 @@ func (r *Replicator) applyChangeset(ctx context.Context, name string, primaryTXI
 	}
 	r.mu.Unlock()
 	return nil
+}
+
+// ErrStaleTerm is returned when a node answers for another term than the
+// one the lease names.
+var ErrStaleTerm = errors.New("the node is in another term")
+
+// watchdogReader restarts a timer on every read that returns data.
+type watchdogReader struct {
+	r io.Reader
+	t *time.Timer
+	d time.Duration
+}
+
+func (w *watchdogReader) Read(p []byte) (int, error) {
+	n, err := w.r.Read(p)
+	if n > 0 {
+		w.t.Reset(w.d)
+	}
+	return n, err
 }
 
 // recentTXIDs is how many of each database's latest positions a replica

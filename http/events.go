@@ -32,6 +32,7 @@ const (
 type RoleEventData struct {
 	IsPrimary bool   `json:"isPrimary"`
 	Hostname  string `json:"hostname,omitempty"` // the primary's
+	Epoch     uint64 `json:"epoch,omitempty"`    // the primary's term
 }
 
 // TxEventData is the data of a tx event.
@@ -50,12 +51,13 @@ type roleHub struct {
 	subs map[chan RoleEventData]struct{}
 }
 
-// SetRole records this node's role and tells every subscriber.
-func (s *Server) SetRole(isPrimary bool, primaryHostname string) {
+// SetRole records this node's role and tells every subscriber: whether it
+// is the primary, the primary's hostname (on a replica) and its epoch.
+func (s *Server) SetRole(isPrimary bool, primaryHostname string, epoch uint64) {
 	h := &s.roles
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	r := RoleEventData{IsPrimary: isPrimary, Hostname: primaryHostname}
+	r := RoleEventData{IsPrimary: isPrimary, Hostname: primaryHostname, Epoch: epoch}
 	if r == h.role {
 		return
 	}

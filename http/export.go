@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"strconv"
 
 	"github.com/litefs-project/litefs/store"
 )
@@ -35,16 +36,27 @@ func (s *Server) handleExport(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// POST /import?name=DB replaces or creates a database on the primary with
-// the SQLite file in the body, validated first.
+// POST /import?name=DB&epoch=N replaces or creates a database on the
+// primary with the SQLite file in the body, validated first. N is the term
+// the client found the primary in (GET /info): an import meant for one
+// primary is never applied by another.
 func (s *Server) handleImport(w http.ResponseWriter, r *http.Request) {
 	name := r.URL.Query().Get("name")
 	if err := store.ValidateName(name); err != nil {
 		writeError(w, http.StatusBadRequest, "import: %v", err)
 		return
 	}
-	if !s.opts.IsPrimary() {
-		writeError(w, http.StatusServiceUnavailable, "import: this node is not the primary")
+	epoch, err := strconv.ParseUint(r.URL.Query().Get("epoch"), 10, 64)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "import: want ?epoch=N, the primary's epoch from GET /info")
+		return
+	}
+	term := s.currentTerm(w)
+	if term == nil {
+		return
+	}
+	if err := term.Admit(epoch); err != nil {
+		writeError(w, termStatus(err), "import: %v", err)
 		return
 	}
 	tmp, err := os.CreateTemp(s.store.Dir(), ".upload-*")
@@ -65,9 +77,13 @@ func (s *Server) handleImport(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	pos, err := s.store.Import(r.Context(), name, tmp.Name())
+	pos, err := term.Import(r.Context(), epoch, name, tmp.Name())
 	if err != nil {
-		writeError(w, http.StatusUnprocessableEntity, "%v", err)
+		code := termStatus(err)
+		if code == http.StatusBadRequest {
+			code = http.StatusUnprocessableEntity
+		}
+		writeError(w, code, "%v", err)
 		return
 	}
 	WriteJSON(w, http.StatusOK, struct {

@@ -1,61 +1,70 @@
 package http
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
-	"net/url"
 	"strconv"
-	"strings"
-	"sync"
-	"time"
 
 	"github.com/litefs-project/litefs/ltx"
 	"github.com/litefs-project/litefs/store"
 )
 
-// DefaultHaltTTL is how long a HALT lock outlives its holder's last sign
-// of life.
-const DefaultHaltTTL = 5 * time.Second
+// The HALT protocol between a replica and the primary:
+//
+//	POST /halt {name, nodeID, wait, epoch}
+//	    answers, once granted, 200 and a line {id, ttlMS, pos, epoch}, then
+//	    keeps the response open for as long as the grant lives: a line
+//	    {lost} if the primary ends it, the end of the body when it is gone.
+//	    The replica keeps the connection open while it holds the lock; when
+//	    it closes (the replica died), the primary ends the grant at once.
+//	POST /halt/keepalive {name, id, epoch}   every third of the TTL
+//	POST /halt/commit?name=&id=&epoch=        an LTX file committed locally
+//	POST /halt/release {name, id, epoch}
+//
+// Every request names the epoch of the term it is for; the primary refuses
+// any other with 409.
 
 // HaltRequest asks the primary for the HALT lock (POST /halt).
 type HaltRequest struct {
 	Name   string `json:"name"`
 	NodeID string `json:"nodeID"`
 	Wait   bool   `json:"wait"`
+	Epoch  uint64 `json:"epoch"`
 }
 
-// HaltResponse grants it.
+// HaltResponse is a line of the answer to POST /halt: first the grant,
+// then, if the primary ends it, why.
 type HaltResponse struct {
-	ID    uint64  `json:"id,string"`
-	TTLMS int64   `json:"ttlMS"`
+	ID    uint64  `json:"id,string,omitempty"`
+	TTLMS int64   `json:"ttlMS,omitempty"`
 	Pos   ltx.Pos `json:"pos"`
+	Epoch uint64  `json:"epoch,omitempty"`
+	Lost  string  `json:"lost,omitempty"`
 }
 
 // HaltRef names a granted lock (POST /halt/keepalive, /halt/release).
 type HaltRef struct {
-	Name string `json:"name"`
-	ID   uint64 `json:"id,string"`
+	Name  string `json:"name"`
+	ID    uint64 `json:"id,string"`
+	Epoch uint64 `json:"epoch"`
 }
 
 func (s *Server) registerHalt() {
 	s.mux.HandleFunc("POST /halt", s.handleHalt)
-	s.mux.HandleFunc("POST /halt/keepalive", s.handleHaltRef(func(r HaltRef) error { return s.store.KeepHalt(r.Name, r.ID) }))
-	s.mux.HandleFunc("POST /halt/release", s.handleHaltRef(func(r HaltRef) error { return s.store.ReleaseHalt(r.Name, r.ID) }))
+	s.mux.HandleFunc("POST /halt/keepalive", s.handleHaltRef(func(t *store.Term, r HaltRef) error { return t.KeepHalt(r.Epoch, r.Name, r.ID) }))
+	s.mux.HandleFunc("POST /halt/release", s.handleHaltRef(func(t *store.Term, r HaltRef) error { return t.ReleaseHalt(r.Epoch, r.Name, r.ID) }))
 	s.mux.HandleFunc("POST /halt/commit", s.handleHaltCommit)
 }
 
-// haltStatus maps a HALT error to an HTTP status.
-func haltStatus(err error) int {
+// termStatus maps an error of the term and HALT protocol to an HTTP status.
+func termStatus(err error) int {
 	switch {
-	case errors.Is(err, store.ErrHaltHeld), errors.Is(err, store.ErrHaltNotHeld):
+	case errors.Is(err, store.ErrHaltHeld), errors.Is(err, store.ErrHaltNotHeld), errors.Is(err, store.ErrStaleEpoch):
 		return http.StatusConflict
-	case errors.Is(err, store.ErrReadOnly):
+	case errors.Is(err, store.ErrReadOnly), errors.Is(err, store.ErrTermEnded), errors.Is(err, store.ErrNotPrimary):
 		return http.StatusServiceUnavailable
 	case errors.Is(err, store.ErrNotExist):
 		return http.StatusNotFound
@@ -67,33 +76,71 @@ func haltStatus(err error) int {
 	return http.StatusBadRequest
 }
 
-func (s *Server) handleHalt(w http.ResponseWriter, r *http.Request) {
-	var req HaltRequest
-	if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&req); err != nil || req.Name == "" {
-		writeError(w, http.StatusBadRequest, "invalid halt request: want {\"name\": DB, \"nodeID\": ..., \"wait\": bool}")
-		return
+// currentTerm returns this node's term, or answers 503.
+func (s *Server) currentTerm(w http.ResponseWriter) *store.Term {
+	t := s.store.CurrentTerm()
+	if t == nil {
+		writeError(w, http.StatusServiceUnavailable, "%v", store.ErrNotPrimary)
 	}
-	if !s.opts.IsPrimary() {
-		writeError(w, http.StatusServiceUnavailable, "this node is not the primary")
-		return
-	}
-	g, err := s.store.GrantHalt(r.Context(), req.Name, req.NodeID, s.opts.HaltTTL, req.Wait)
-	if err != nil {
-		writeError(w, haltStatus(err), "%v", err)
-		return
-	}
-	WriteJSON(w, http.StatusOK, HaltResponse{ID: g.ID, TTLMS: s.opts.HaltTTL.Milliseconds(), Pos: g.Pos})
+	return t
 }
 
-func (s *Server) handleHaltRef(do func(HaltRef) error) http.HandlerFunc {
+func (s *Server) handleHalt(w http.ResponseWriter, r *http.Request) {
+	var req HaltRequest
+	if err := decodeBody(r, &req); err != nil || req.Name == "" {
+		writeError(w, http.StatusBadRequest, "invalid halt request: want {\"name\": DB, \"nodeID\": ..., \"wait\": bool, \"epoch\": N}")
+		return
+	}
+	term := s.currentTerm(w)
+	if term == nil {
+		return
+	}
+	g, err := term.GrantHalt(r.Context(), store.HaltRequest{DB: req.Name, NodeID: req.NodeID, Epoch: req.Epoch, Wait: req.Wait})
+	if err != nil {
+		writeError(w, termStatus(err), "%v", err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	enc := json.NewEncoder(w)
+	if enc.Encode(HaltResponse{ID: g.ID, TTLMS: g.TTL.Milliseconds(), Pos: g.Pos, Epoch: g.Epoch}) != nil || rc.Flush() != nil {
+		term.DropHalt(g.ID)
+		return
+	}
+	select {
+	case <-g.Done():
+		if err := g.Err(); err != nil {
+			enc.Encode(HaltResponse{Lost: err.Error()})
+			rc.Flush()
+		}
+	case <-r.Context().Done():
+		// The holder's connection closed: its node is gone.
+		term.DropHalt(g.ID)
+	}
+}
+
+// decodeBody decodes a small JSON request body and reads it to its end,
+// which lets the server notice at once when the client goes away.
+func decodeBody(r *http.Request, v any) error {
+	err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(v)
+	io.Copy(io.Discard, io.LimitReader(r.Body, 64<<10))
+	return err
+}
+
+func (s *Server) handleHaltRef(do func(*store.Term, HaltRef) error) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		var ref HaltRef
-		if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&ref); err != nil || ref.Name == "" {
-			writeError(w, http.StatusBadRequest, "invalid request: want {\"name\": DB, \"id\": LOCK_ID}")
+		if err := decodeBody(r, &ref); err != nil || ref.Name == "" {
+			writeError(w, http.StatusBadRequest, "invalid request: want {\"name\": DB, \"id\": LOCK_ID, \"epoch\": N}")
 			return
 		}
-		if err := do(ref); err != nil {
-			writeError(w, haltStatus(err), "%v", err)
+		term := s.currentTerm(w)
+		if term == nil {
+			return
+		}
+		if err := do(term, ref); err != nil {
+			writeError(w, termStatus(err), "%v", err)
 			return
 		}
 		WriteJSON(w, http.StatusOK, struct{}{})
@@ -101,12 +148,23 @@ func (s *Server) handleHaltRef(do func(HaltRef) error) http.HandlerFunc {
 }
 
 // handleHaltCommit applies a changeset from the HALT holder: the body is
-// the LTX file, ?name= the database and ?id= the lock ID.
+// the LTX file, ?name= the database, ?id= the lock ID and ?epoch= the term.
 func (s *Server) handleHaltCommit(w http.ResponseWriter, r *http.Request) {
-	name := r.URL.Query().Get("name")
-	id, err := strconv.ParseUint(r.URL.Query().Get("id"), 10, 64)
-	if name == "" || err != nil {
-		writeError(w, http.StatusBadRequest, "invalid halt commit: want ?name=DB&id=LOCK_ID and an LTX body")
+	q := r.URL.Query()
+	name := q.Get("name")
+	id, err := strconv.ParseUint(q.Get("id"), 10, 64)
+	epoch, eerr := strconv.ParseUint(q.Get("epoch"), 10, 64)
+	if name == "" || err != nil || eerr != nil {
+		writeError(w, http.StatusBadRequest, "invalid halt commit: want ?name=DB&id=LOCK_ID&epoch=N and an LTX body")
+		return
+	}
+	term := s.currentTerm(w)
+	if term == nil {
+		return
+	}
+	// Refuse a request that cannot succeed before reading its body.
+	if err := term.HaltHeld(epoch, name, id); err != nil {
+		writeError(w, termStatus(err), "%v", err)
 		return
 	}
 	sp := &spool{dir: s.store.Dir()}
@@ -115,161 +173,12 @@ func (s *Server) handleHaltCommit(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "read changeset: %v", err)
 		return
 	}
-	pos, err := s.store.CommitHalted(r.Context(), name, id, sp, sp.size)
+	pos, err := term.CommitHalted(r.Context(), epoch, name, id, sp, sp.size)
 	if err != nil {
-		writeError(w, haltStatus(err), "%v", err)
+		writeError(w, termStatus(err), "%v", err)
 		return
 	}
 	WriteJSON(w, http.StatusOK, struct {
 		Pos ltx.Pos `json:"pos"`
 	}{pos})
-}
-
-// HaltClient obtains HALT locks from the primary for a replica: it
-// implements store.Halter.
-type HaltClient struct {
-	Store      *store.Store
-	PrimaryURL func() string // the current primary's API, "" if none
-	NodeID     string
-	Logger     *slog.Logger
-	client     http.Client
-}
-
-// Acquire asks the primary for the lock and waits until this node has the
-// primary's position.
-func (c *HaltClient) Acquire(ctx context.Context, name string, wait bool) (store.Halt, error) {
-	base := c.PrimaryURL()
-	if base == "" {
-		return nil, errors.New("no primary is known")
-	}
-	var resp HaltResponse
-	err := c.post(ctx, base+"/halt", HaltRequest{Name: name, NodeID: c.NodeID, Wait: wait}, &resp)
-	var se *StatusError
-	if errors.As(err, &se) && se.Code == http.StatusConflict && !wait {
-		return nil, store.ErrHaltHeld
-	} else if err != nil {
-		return nil, err
-	}
-	h := &remoteHalt{c: c, base: base, ref: HaltRef{Name: name, ID: resp.ID}, ttl: time.Duration(resp.TTLMS) * time.Millisecond, stop: make(chan struct{})}
-	if err := c.waitPos(ctx, name, resp.Pos); err != nil {
-		h.Release(context.Background())
-		return nil, err
-	}
-	go h.keepAlive()
-	return h, nil
-}
-
-// waitPos waits until the local database reaches pos.
-func (c *HaltClient) waitPos(ctx context.Context, name string, pos ltx.Pos) error {
-	for {
-		changed := c.Store.Changed()
-		if db := c.Store.DB(name); db != nil {
-			cur := db.Pos()
-			if cur == pos {
-				return nil
-			}
-			if cur.TXID >= pos.TXID {
-				return fmt.Errorf("%s is at %s, which is not on the primary (at %s)", name, cur, pos)
-			}
-		} else if pos.TXID == 0 {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("catching up with the primary's %s at %s: %w", name, pos, ctx.Err())
-		case <-changed:
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-}
-
-func (c *HaltClient) post(ctx context.Context, u string, body, out any) error {
-	var rd io.Reader
-	ctype := "application/json"
-	if b, ok := body.([]byte); ok {
-		rd, ctype = bytes.NewReader(b), "application/octet-stream"
-	} else {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, rd)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", ctype)
-	resp, err := c.client.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if err := CheckResponse(resp); err != nil {
-		return err
-	}
-	if out != nil {
-		return json.NewDecoder(resp.Body).Decode(out)
-	}
-	return nil
-}
-
-// remoteHalt is a HALT lock held from the primary.
-type remoteHalt struct {
-	c    *HaltClient
-	base string
-	ref  HaltRef
-	ttl  time.Duration
-
-	mu   sync.Mutex
-	lost error // set once the primary no longer knows the lock
-	stop chan struct{}
-	once sync.Once
-}
-
-// keepAlive renews the lock three times per TTL until it is released.
-func (h *remoteHalt) keepAlive() {
-	t := time.NewTicker(max(h.ttl/3, 10*time.Millisecond))
-	defer t.Stop()
-	for {
-		select {
-		case <-h.stop:
-			return
-		case <-t.C:
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), h.ttl)
-		err := h.c.post(ctx, h.base+"/halt/keepalive", h.ref, nil)
-		cancel()
-		var se *StatusError
-		if errors.As(err, &se) && se.Code == http.StatusConflict {
-			h.mu.Lock()
-			h.lost = fmt.Errorf("HALT lock %d on %s was lost: %s", h.ref.ID, h.ref.Name, se.Message)
-			h.mu.Unlock()
-			h.c.Logger.Warn("HALT lock lost", "db", h.ref.Name, "lock_id", h.ref.ID, "err", se.Message)
-			return
-		} else if err != nil {
-			h.c.Logger.Warn("keep HALT lock alive", "db", h.ref.Name, "err", err)
-		}
-	}
-}
-
-// Commit sends a changeset to the primary.
-func (h *remoteHalt) Commit(ctx context.Context, data []byte) error {
-	h.mu.Lock()
-	lost := h.lost
-	h.mu.Unlock()
-	if lost != nil {
-		return lost
-	}
-	q := url.Values{"name": {h.ref.Name}, "id": {strconv.FormatUint(h.ref.ID, 10)}}
-	if err := h.c.post(ctx, h.base+"/halt/commit?"+q.Encode(), data, nil); err != nil {
-		return fmt.Errorf("primary %s refused the commit: %w", strings.TrimPrefix(h.base, "http://"), err)
-	}
-	return nil
-}
-
-// Release gives the lock back.
-func (h *remoteHalt) Release(ctx context.Context) error {
-	h.once.Do(func() { close(h.stop) })
-	return h.c.post(ctx, h.base+"/halt/release", h.ref, nil)
 }

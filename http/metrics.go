@@ -11,6 +11,8 @@ import (
 // NodeStatus is what /metrics reports of the node as a whole.
 type NodeStatus interface {
 	IsPrimary() bool
+	// Epoch is the term this node holds or follows, 0 if none.
+	Epoch() uint64
 	Lag() time.Duration
 	// LeaseStats returns the lease's successful and failed renewals.
 	LeaseStats() (renewals, failures int64)
@@ -89,6 +91,10 @@ var (
 		"How far this node is behind the primary (0 on the primary).", nil, nil)
 	descHaltWaiting = prometheus.NewDesc("litefs_halt_lock_waiting",
 		"HALT lock requests waiting on this node.", nil, nil)
+	descEpoch = prometheus.NewDesc("litefs_epoch",
+		"The term this node holds (as primary) or follows (as replica); 0 if none.", nil, nil)
+	descHaltEnded = prometheus.NewDesc("litefs_halt_grants_ended_total",
+		"HALT locks this node granted that have ended, by reason: released, expired, disconnected, term-ended.", []string{"reason"}, nil)
 	descRenewals = prometheus.NewDesc("litefs_lease_renewals_total",
 		"Successful renewals of the primary's lease.", nil, nil)
 	descRenewalFailures = prometheus.NewDesc("litefs_lease_renewal_failures_total",
@@ -97,7 +103,7 @@ var (
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descTXID, descCommits, descChangesets, descChangesetBytes, descHaltHeld,
-		descPrimary, descReplicas, descLag, descHaltWaiting, descRenewals, descRenewalFailures} {
+		descPrimary, descReplicas, descLag, descHaltWaiting, descEpoch, descHaltEnded, descRenewals, descRenewalFailures} {
 		ch <- d
 	}
 }
@@ -119,6 +125,10 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descReplicas, prometheus.GaugeValue, float64(replicas))
 	ch <- prometheus.MustNewConstMetric(descLag, prometheus.GaugeValue, c.node.Lag().Seconds())
 	ch <- prometheus.MustNewConstMetric(descHaltWaiting, prometheus.GaugeValue, float64(c.s.store.HaltWaiting()))
+	ch <- prometheus.MustNewConstMetric(descEpoch, prometheus.GaugeValue, float64(c.node.Epoch()))
+	for why, n := range c.s.store.HaltEnds() {
+		ch <- prometheus.MustNewConstMetric(descHaltEnded, prometheus.CounterValue, float64(n), why)
+	}
 	renewals, failures := c.node.LeaseStats()
 	ch <- prometheus.MustNewConstMetric(descRenewals, prometheus.CounterValue, float64(renewals))
 	ch <- prometheus.MustNewConstMetric(descRenewalFailures, prometheus.CounterValue, float64(failures))

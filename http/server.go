@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/pprof"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -32,12 +33,7 @@ type ServerOptions struct {
 	// ValidateImport, if set, checks an uploaded database file before
 	// POST /import takes it in.
 	ValidateImport func(path string) error
-	// HaltTTL is how long a granted HALT lock lives without keepalive.
-	HaltTTL time.Duration
-	// IsPrimary reports whether this node serves replication streams;
-	// nil means whenever the store is writable.
-	IsPrimary func() bool
-	Logger    *slog.Logger
+	Logger         *slog.Logger
 }
 
 // Server is a node's HTTP API.
@@ -68,12 +64,6 @@ func NewServer(st *store.Store, opts ServerOptions) *Server {
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
-	}
-	if opts.HaltTTL <= 0 {
-		opts.HaltTTL = DefaultHaltTTL
-	}
-	if opts.IsPrimary == nil {
-		opts.IsPrimary = st.Writable
 	}
 	s := &Server{store: st, opts: opts, logger: opts.Logger, mux: http.NewServeMux(), streams: make(map[*stream]struct{}), metrics: newMetrics()}
 	s.mux.HandleFunc("POST /stream", s.handleStream)
@@ -115,7 +105,13 @@ type StreamRequest struct {
 	Hostname     string               `json:"hostname,omitempty"`
 	AdvertiseURL string               `json:"advertiseURL,omitempty"`
 	Candidate    bool                 `json:"candidate,omitempty"`
+	// Epoch is the term the replica expects the primary to be in, as the
+	// lease told it; the primary refuses a stream for any other.
+	Epoch uint64 `json:"epoch"`
 }
+
+// EpochHeader carries the primary's epoch on the answer to POST /stream.
+const EpochHeader = "Litefs-Epoch"
 
 // ReplicaInfo describes a replica streaming from this node.
 type ReplicaInfo struct {
@@ -124,17 +120,6 @@ type ReplicaInfo struct {
 	AdvertiseURL string
 	Candidate    bool
 	Positions    map[string]ltx.Pos // what the replica has been sent
-}
-
-// DropStreams ends every replication stream once it has sent everything
-// committed so far, as when this node stops being the primary; replicas
-// then look for the new one.
-func (s *Server) DropStreams() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for st := range s.streams {
-		st.stop()
-	}
 }
 
 // Replicas lists the replicas streaming from this node.
@@ -186,10 +171,6 @@ func CheckResponse(resp *http.Response) error {
 }
 
 func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
-	if !s.opts.IsPrimary() {
-		writeError(w, http.StatusServiceUnavailable, "this node is not the primary")
-		return
-	}
 	var req StreamRequest
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 16<<20))
 	dec.DisallowUnknownFields()
@@ -203,37 +184,61 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	term := s.currentTerm(w)
+	if term == nil {
+		return
+	}
+	if err := term.Admit(req.Epoch); err != nil {
+		writeError(w, termStatus(err), "stream: %v", err)
+		return
+	}
 
-	w.Header().Set("Content-Type", "application/x-litefs-stream")
-	w.WriteHeader(http.StatusOK)
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
 	st := &stream{
 		server: s,
+		term:   term,
 		w:      w,
 		rc:     http.NewResponseController(w),
 		peer:   peerName(req.NodeID, r.RemoteAddr),
 		sent:   req.Positions,
 		only:   req.Databases,
 		req:    req,
+		finish: make(chan struct{}),
 	}
 	if st.sent == nil {
 		st.sent = make(map[string]ltx.Pos)
 	}
+	// The stream belongs to the term: when it ends, the stream sends what
+	// the log has and closes (abort, if that takes too long, closes it
+	// at once).
+	leave, err := term.Join(st.stop, func() {
+		cancel()
+		st.rc.SetWriteDeadline(time.Now())
+	})
+	if err != nil {
+		writeError(w, termStatus(err), "stream: %v", err)
+		return
+	}
+	defer leave()
+
+	w.Header().Set("Content-Type", "application/x-litefs-stream")
+	w.Header().Set(EpochHeader, strconv.FormatUint(term.Epoch(), 10))
+	w.WriteHeader(http.StatusOK)
 	st.fw = NewFrameWriter(st.w)
-	s.logger.Info("replica connected", "peer", st.peer)
+	s.logger.Info("replica connected", "peer", st.peer, "epoch", term.Epoch())
 	st.publish()
-	ctx := r.Context()
-	st.finish = make(chan struct{})
 	s.mu.Lock()
 	s.streams[st] = struct{}{}
 	s.mu.Unlock()
-	err := st.run(ctx)
+	err = st.run(ctx)
 	s.mu.Lock()
 	delete(s.streams, st)
 	s.mu.Unlock()
-	if err != nil && !errors.Is(err, context.Canceled) {
+	if err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, errStepDown) {
 		s.logger.Warn("replication stream ended", "peer", st.peer, "err", err)
 	} else {
-		s.logger.Info("replica disconnected", "peer", st.peer)
+		s.logger.Info("replica disconnected", "peer", st.peer, "reason", err)
 	}
 }
 

@@ -23,6 +23,7 @@ const maxChangesetsForNewDB = 256
 // stream sends one replica everything it lacks, then follows the store.
 type stream struct {
 	server   *Server
+	term     *store.Term // the term the stream carries
 	w        http.ResponseWriter
 	rc       *http.ResponseController
 	fw       *FrameWriter
@@ -53,9 +54,6 @@ func (st *stream) run(ctx context.Context) error {
 	var lastSend time.Time
 	for {
 		changed := st.server.store.Changed()
-		if !st.server.opts.IsPrimary() {
-			return st.drain(ctx)
-		}
 		sent, err := st.syncAll(ctx)
 		if err != nil {
 			return err
@@ -111,8 +109,11 @@ func (st *stream) drain(ctx context.Context) error {
 	if err := st.flush(); err != nil {
 		return err
 	}
-	return errors.New("this node stopped being the primary")
+	return errStepDown
 }
+
+// errStepDown ends a stream whose term ended.
+var errStepDown = errors.New("this node's term as primary ended")
 
 // stop signals the stream to drain and end.
 func (st *stream) stop() { st.finishMu.Do(func() { close(st.finish) }) }

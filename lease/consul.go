@@ -51,6 +51,7 @@ type Consul struct {
 	logger *slog.Logger
 
 	renewals, failures atomic.Int64
+	wg                 sync.WaitGroup // keepAlive goroutines; Close waits for them
 }
 
 // Stats returns how many session renewals succeeded and failed.
@@ -121,7 +122,13 @@ func (c *Consul) Type() string         { return "consul" }
 func (c *Consul) Hostname() string     { return c.opts.Hostname }
 func (c *Consul) AdvertiseURL() string { return c.opts.AdvertiseURL }
 func (c *Consul) Candidate() bool      { return c.opts.Candidate }
-func (c *Consul) Close() error         { return nil }
+
+// Close waits for the renewal of every lease it handed out to stop; close
+// those leases first.
+func (c *Consul) Close() error {
+	c.wg.Wait()
+	return nil
+}
 
 // Key is the KV key of the lock.
 func (c *Consul) Key() string { return c.opts.Key }
@@ -164,26 +171,47 @@ func (c *Consul) Acquire(ctx context.Context) (Lease, error) {
 	value, _ := json.Marshal(consulValue{Hostname: c.opts.Hostname, AdvertiseURL: c.opts.AdvertiseURL})
 	ok, _, err := kv.Acquire(&api.KVPair{Key: c.opts.Key, Value: value, Session: id}, (&api.WriteOptions{}).WithContext(ctx))
 	if err != nil || !ok {
-		c.destroy(id)
+		c.destroy(ctx, id)
 		if err != nil {
 			return nil, fmt.Errorf("consul lease: acquire %s: %w", c.opts.Key, err)
 		}
 		return nil, ErrPrimaryExists // held, or within another session's lock delay
 	}
+	// The epoch is the index at which this session took the key; read it
+	// back, which also confirms the lock is ours.
+	pair, _, err = kv.Get(c.opts.Key, (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
+	if err != nil || pair == nil || pair.Session != id {
+		c.release(ctx, id)
+		if err != nil {
+			return nil, fmt.Errorf("consul lease: read back %s: %w", c.opts.Key, err)
+		}
+		return nil, ErrPrimaryExists
+	}
 	l := &consulLease{
 		c:       c,
 		session: id,
+		epoch:   pair.ModifyIndex,
 		expires: sent.Add(c.opts.TTL),
 		done:    make(chan struct{}),
 		stop:    make(chan struct{}),
 	}
+	c.wg.Add(1)
 	go l.keepAlive()
 	return l, nil
 }
 
+// release gives up a lock just taken, best effort, and ends its session.
+func (c *Consul) release(ctx context.Context, id string) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	c.client.KV().Release(&api.KVPair{Key: c.opts.Key, Session: id}, (&api.WriteOptions{}).WithContext(rctx))
+	c.destroy(ctx, id)
+}
+
 // destroy ends a session, best effort.
-func (c *Consul) destroy(id string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+// It runs to completion even when ctx is cancelled, within a timeout.
+func (c *Consul) destroy(ctx context.Context, id string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	defer cancel()
 	c.client.Session().Destroy(id, (&api.WriteOptions{}).WithContext(ctx))
 }
@@ -205,7 +233,7 @@ func primaryOf(pair *api.KVPair) (PrimaryInfo, error) {
 	if err := json.Unmarshal(pair.Value, &v); err != nil {
 		return PrimaryInfo{}, fmt.Errorf("consul lease: value of %s is not a primary's record: %w", pair.Key, err)
 	}
-	return PrimaryInfo{Hostname: v.Hostname, AdvertiseURL: v.AdvertiseURL}, nil
+	return PrimaryInfo{Hostname: v.Hostname, AdvertiseURL: v.AdvertiseURL, Epoch: pair.ModifyIndex}, nil
 }
 
 // WaitChange follows the key with blocking queries until its holder is no
@@ -245,6 +273,7 @@ func (c *Consul) WaitChange(ctx context.Context, current PrimaryInfo) error {
 type consulLease struct {
 	c       *Consul
 	session string
+	epoch   uint64 // the key's ModifyIndex when the lock was taken
 
 	mu      sync.Mutex
 	expires time.Time // TTL counted from the last renewal that succeeded
@@ -257,12 +286,15 @@ type consulLease struct {
 
 func (l *consulLease) Done() <-chan struct{} { return l.done }
 
+func (l *consulLease) Epoch() uint64 { return l.epoch }
+
 func (l *consulLease) end() { l.doneOnce.Do(func() { close(l.done) }) }
 
 // keepAlive renews the session three times per TTL, retrying failures
 // quickly, and ends the lease when its TTL runs out without a renewal, or
 // when Consul says the session is gone.
 func (l *consulLease) keepAlive() {
+	defer l.c.wg.Done()
 	ttl := l.c.opts.TTL
 	renewEvery := ttl / 3
 	ticker := time.NewTicker(renewEvery)
@@ -316,7 +348,7 @@ func (l *consulLease) Handoff(ctx context.Context, hostname string) error {
 	defer l.end()
 	value, _ := json.Marshal(consulValue{HandoffTo: hostname, HandoffAt: time.Now().UnixMilli()})
 	ok, _, err := l.c.client.KV().Release(&api.KVPair{Key: l.c.opts.Key, Value: value, Session: l.session}, (&api.WriteOptions{}).WithContext(ctx))
-	l.c.destroy(l.session)
+	l.c.destroy(ctx, l.session)
 	if err != nil {
 		return fmt.Errorf("consul lease: release %s: %w", l.c.opts.Key, err)
 	}
@@ -333,7 +365,7 @@ func (l *consulLease) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	_, _, err := l.c.client.KV().Release(&api.KVPair{Key: l.c.opts.Key, Session: l.session}, (&api.WriteOptions{}).WithContext(ctx))
-	l.c.destroy(l.session)
+	l.c.destroy(ctx, l.session)
 	if err != nil {
 		return fmt.Errorf("consul lease: release %s: %w", l.c.opts.Key, err)
 	}

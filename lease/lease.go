@@ -16,10 +16,13 @@ var (
 	ErrNoPrimary = errors.New("no primary")
 )
 
-// PrimaryInfo identifies the primary.
+// PrimaryInfo identifies the primary and its term.
 type PrimaryInfo struct {
 	Hostname     string `json:"hostname"`
 	AdvertiseURL string `json:"advertise-url"`
+	// Epoch is the primary's term: it grows with every acquisition of the
+	// lease, and every request between nodes names it.
+	Epoch uint64 `json:"epoch,omitempty"`
 }
 
 // Leaser elects the primary.
@@ -44,6 +47,10 @@ type Leaser interface {
 
 // Lease is held by the primary. Losing it ends the node's term.
 type Lease interface {
+	// Epoch identifies this acquisition of the lease: it is greater than
+	// that of every earlier acquisition (for Consul, the Raft index at
+	// which the lock was taken).
+	Epoch() uint64
 	// Done is closed when the lease is lost; the node must stop accepting
 	// writes at once.
 	Done() <-chan struct{}

@@ -6,7 +6,8 @@ import (
 )
 
 // Static is a lease fixed by configuration: the candidate node is always
-// the primary, and every other node is told who the primary is.
+// the primary, and every other node is told who the primary is. There is
+// only ever one term, StaticEpoch.
 type Static struct {
 	hostname     string
 	advertiseURL string
@@ -18,6 +19,9 @@ type Static struct {
 func NewStatic(hostname, advertiseURL string, candidate bool) *Static {
 	return &Static{hostname: hostname, advertiseURL: advertiseURL, candidate: candidate}
 }
+
+// StaticEpoch is the epoch of the static lease's one term.
+const StaticEpoch = 1
 
 func (s *Static) Type() string         { return "static" }
 func (s *Static) Hostname() string     { return s.hostname }
@@ -38,7 +42,7 @@ func (s *Static) PrimaryInfo(ctx context.Context) (PrimaryInfo, error) {
 	if s.advertiseURL == "" {
 		return PrimaryInfo{}, ErrNoPrimary
 	}
-	return PrimaryInfo{Hostname: s.hostname, AdvertiseURL: s.advertiseURL}, nil
+	return PrimaryInfo{Hostname: s.hostname, AdvertiseURL: s.advertiseURL, Epoch: StaticEpoch}, nil
 }
 
 // WaitChange blocks until ctx ends: a static primary never changes.
@@ -53,6 +57,8 @@ type staticLease struct {
 }
 
 func (l *staticLease) Done() <-chan struct{} { return l.done }
+
+func (l *staticLease) Epoch() uint64 { return StaticEpoch }
 
 // Handoff is not possible: the configuration names the primary.
 func (l *staticLease) Handoff(ctx context.Context, hostname string) error {

@@ -86,6 +86,17 @@ func (s *Store) DropDB(name string) error {
 // changeset this node already has (its own, sent to the primary under the
 // HALT lock and streamed back) is skipped.
 func (db *DB) applyChangeset(ctx context.Context, data io.ReaderAt, size int64) (ltx.Pos, error) {
+	return db.applyChangesetHeld(ctx, data, size, 0)
+}
+
+// applyChangesetHeld is applyChangeset while the hold owned by held keeps
+// local writers out (0 for none).
+func (db *DB) applyChangesetHeld(ctx context.Context, data io.ReaderAt, size int64, held rangelock.Owner) (ltx.Pos, error) {
+	// A commit of this node's waiting for the primary comes first: the
+	// changeset may be that very commit, coming back.
+	if err := db.awaitPending(ctx); err != nil {
+		return ltx.Pos{}, err
+	}
 	if pos, ok := db.alreadyHas(data, size); ok {
 		return pos, nil
 	}
@@ -94,13 +105,18 @@ func (db *DB) applyChangeset(ctx context.Context, data io.ReaderAt, size int64) 
 		return ltx.Pos{}, err
 	}
 
-	unlock, err := db.lockReaders(ctx)
+	unlock, err := db.lockReaders(ctx, held)
 	if err != nil {
 		return ltx.Pos{}, err
 	}
 	defer unlock()
 
 	db.mu.Lock()
+	if db.pending != nil {
+		err := db.errCommitInFlight()
+		db.mu.Unlock()
+		return db.Pos(), err
+	}
 	// Pages committed locally under the HALT lock may still be in the
 	// WAL; they go into the database file before anything is written over
 	// them.
@@ -218,7 +234,11 @@ func expectedPages(commit, pageSize uint32) uint32 {
 }
 
 // writeChangeset writes a verified changeset into the database file and
-// appends it to the log. Caller holds db.mu and the reader locks.
+// appends it to the log. The page checksums and the position change only
+// once all of that succeeded; a failure after the first page was written
+// leaves the file between two versions, so reads of it fail (db.damaged)
+// until an apply succeeds: the changeset's pages, written again, repair it.
+// Caller holds db.mu and the reader locks.
 func (db *DB) writeChangeset(hdr ltx.Header, trailer ltx.Trailer, r io.ReadSeeker) (ltx.Pos, error) {
 	if db.closed {
 		return db.pos, ErrNotExist
@@ -231,46 +251,63 @@ func (db *DB) writeChangeset(hdr ltx.Header, trailer ltx.Trailer, r io.ReadSeeke
 	if err := dec.DecodeHeader(); err != nil {
 		return db.pos, err
 	}
-	full := hdr.IsSnapshot() || hdr.PageSize != db.chk.pageSize
-	if full {
-		db.chk = &pageChecksums{pageSize: hdr.PageSize}
+	type pageSum struct {
+		pgno uint32
+		sum  ltx.Checksum
 	}
+	var sums []pageSum
 	buf := make([]byte, hdr.PageSize)
 	h := ltx.NewHasher()
+	written := false
+	fail := func(err error) (ltx.Pos, error) {
+		if written {
+			db.damaged = fmt.Errorf("changeset %s was written in part: %v", hdr.MinTXID, err)
+			db.logger.Error("apply failed after writing part of a changeset; the database file reads as an I/O error until an apply succeeds", "txid", hdr.MinTXID.String(), "err", err)
+		}
+		return db.pos, err
+	}
 	for {
 		var ph ltx.PageHeader
 		if err := dec.DecodePage(&ph, buf); errors.Is(err, io.EOF) {
 			break
 		} else if err != nil {
-			return db.pos, err
+			return fail(err)
 		}
 		off := int64(ph.Pgno-1) * int64(hdr.PageSize)
 		if err := db.beforeDatabaseWrite(off, int64(hdr.PageSize)); err != nil {
-			return db.pos, err
+			return fail(err)
 		}
+		written = true
 		if _, err := db.dbFile.WriteAt(buf, off); err != nil {
-			return db.pos, fmt.Errorf("apply changeset %s to %s: %w", hdr.MinTXID, db.name, err)
+			return fail(fmt.Errorf("apply changeset %s to %s: %w", hdr.MinTXID, db.name, err))
 		}
-		db.chk.Set(ph.Pgno, checksumPage(h, ph.Pgno, buf))
+		sums = append(sums, pageSum{ph.Pgno, checksumPage(h, ph.Pgno, buf)})
 	}
 	size := int64(hdr.Commit) * int64(hdr.PageSize)
 	if err := db.beforeDatabaseTruncate(size); err != nil {
-		return db.pos, err
+		return fail(err)
 	}
 	if err := db.dbFile.Truncate(size); err != nil {
-		return db.pos, fmt.Errorf("apply changeset %s to %s: %w", hdr.MinTXID, db.name, err)
+		return fail(fmt.Errorf("apply changeset %s to %s: %w", hdr.MinTXID, db.name, err))
+	}
+	if _, err := r.Seek(0, io.SeekStart); err != nil {
+		return fail(err)
+	}
+	pos, err := db.log.AppendEncoded(hdr, trailer, r)
+	if err != nil {
+		return fail(fmt.Errorf("apply changeset %s to %s: %w", hdr.MinTXID, db.name, err))
+	}
+
+	if hdr.IsSnapshot() || hdr.PageSize != db.chk.pageSize {
+		db.chk = &pageChecksums{pageSize: hdr.PageSize}
+	}
+	for _, ps := range sums {
+		db.chk.Set(ps.pgno, ps.sum)
 	}
 	db.chk.pageSize = hdr.PageSize
 	db.chk.Resize(hdr.Commit)
 	db.filePageSize = hdr.PageSize
-
-	if _, err := r.Seek(0, io.SeekStart); err != nil {
-		return db.pos, err
-	}
-	pos, err := db.log.AppendEncoded(hdr, trailer, r)
-	if err != nil {
-		return db.pos, fmt.Errorf("apply changeset %s to %s: %w", hdr.MinTXID, db.name, err)
-	}
+	db.damaged = nil
 	db.pos = pos
 	db.noteJournalMode()
 	db.notifyLocked()
@@ -340,7 +377,10 @@ func (db *DB) applySnapshot(ctx context.Context, r io.Reader) (ltx.Pos, error) {
 		return ltx.Pos{}, err
 	}
 
-	unlock, err := db.lockReaders(ctx)
+	if err := db.awaitPending(ctx); err != nil {
+		return ltx.Pos{}, err
+	}
+	unlock, err := db.lockReaders(ctx, 0)
 	if err != nil {
 		return ltx.Pos{}, err
 	}
@@ -382,6 +422,7 @@ func (db *DB) swapInSnapshot(path string, chk *pageChecksums, pos ltx.Pos) error
 	db.walState.reset()
 	db.tx = rollbackTx{dirty: make(map[uint32]struct{})}
 	db.chk, db.pos, db.filePageSize = chk, pos, chk.pageSize
+	db.damaged = nil
 	if err := db.log.Reset(pos); err != nil {
 		return fmt.Errorf("install snapshot of %s: %w", db.name, err)
 	}
@@ -414,14 +455,17 @@ func (db *DB) noteJournalMode() {
 // connection in WAL mode holds a shared lock on the database for as long as
 // it is open; it is recognised by its hold on the WAL index's DMS byte and
 // is already kept out by the WAL index locks.
-func (db *DB) lockReaders(ctx context.Context) (func(), error) {
+//
+// held is the owner of a write hold the caller has on the database (0 for
+// none): the WAL write lock is already its, and it keeps writers out.
+func (db *DB) lockReaders(ctx context.Context, held rangelock.Owner) (func(), error) {
 	if err := db.turn.wait(ctx); err != nil {
 		return nil, err
 	}
 	db.turn.applying.Store(true)
 	shm := rangelock.Lock{Owner: applyOwner, Start: shmLockWrite, End: shmLockRead4, Type: rangelock.Write}
-	if db.shmLocks.Holds(holdOwner, shmLockWrite, shmLockWrite, rangelock.Write) {
-		shm.Start++ // writers are held off already (HoldWrites)
+	if held != 0 && db.shmLocks.Holds(held, shmLockWrite, shmLockWrite, rangelock.Write) {
+		shm.Start++ // writers are held off already
 	}
 	pending := rangelock.Lock{Owner: applyOwner, Start: sqlite.PendingByte, End: sqlite.PendingByte, Type: rangelock.Write}
 	release := func() {
@@ -440,7 +484,7 @@ func (db *DB) lockReaders(ctx context.Context) (func(), error) {
 	const sharedEnd = sqlite.SharedFirst + sqlite.SharedSize - 1
 	err := db.dbLocks.Wait(ctx, func(locks []rangelock.Lock) bool {
 		for _, l := range locks {
-			if l.Owner == applyOwner || l.Owner == holdOwner || l.End < sqlite.ReservedByte || l.Start > sharedEnd {
+			if l.Owner == applyOwner || isHoldOwner(l.Owner) || l.End < sqlite.ReservedByte || l.Start > sharedEnd {
 				continue
 			}
 			walConn := l.Type == rangelock.Read && l.Start >= sqlite.SharedFirst &&

@@ -79,11 +79,19 @@ func (db *DB) truncateDatabase(size int64) error {
 
 func (db *DB) writeJournal(p []byte, off int64) (int, error) {
 	// PERSIST mode (and exclusive locking mode) commit by zeroing the
-	// journal header instead of deleting the file.
+	// journal header instead of deleting the file; the header is written
+	// once the commit is.
 	if off == 0 && len(p) >= len(sqlite.JournalMagic) && !sqlite.IsHotJournalHeader(p) {
-		if err := db.commitRollback(); err != nil {
+		err := db.commitRollback(func() error {
+			if _, err := db.journal.WriteAt(p, off); err != nil {
+				return fmt.Errorf("write journal of %s: %w", db.name, err)
+			}
+			return nil
+		})
+		if err != nil && PendingOf(err) == nil {
 			return 0, err
 		}
+		return len(p), err
 	}
 	n, err := db.journal.WriteAt(p, off)
 	if err != nil {
@@ -93,26 +101,26 @@ func (db *DB) writeJournal(p []byte, off int64) (int, error) {
 }
 
 func (db *DB) truncateJournal(size int64) error {
-	if size == 0 {
-		if err := db.commitRollback(); err != nil {
-			return err
+	truncate := func() error {
+		if err := db.journal.Truncate(size); err != nil {
+			return fmt.Errorf("truncate journal of %s: %w", db.name, err)
 		}
+		return nil
 	}
-	if err := db.journal.Truncate(size); err != nil {
-		return fmt.Errorf("truncate journal of %s: %w", db.name, err)
+	if size == 0 {
+		return db.commitRollback(truncate)
 	}
-	return nil
+	return truncate()
 }
 
 func (db *DB) removeJournal() error {
-	if err := db.commitRollback(); err != nil {
-		return err
-	}
-	if err := db.journal.Truncate(0); err != nil {
-		return fmt.Errorf("remove journal of %s: %w", db.name, err)
-	}
-	db.journalExists = false
-	return nil
+	return db.commitRollback(func() error {
+		if err := db.journal.Truncate(0); err != nil {
+			return fmt.Errorf("remove journal of %s: %w", db.name, err)
+		}
+		db.journalExists = false
+		return nil
+	})
 }
 
 // journalHot reports whether the journal holds a transaction in progress.
@@ -137,14 +145,16 @@ func (db *DB) commitOrphanWrites() error {
 	if db.dbLocks.Locked(sqlite.PendingByte, sqlite.SharedFirst+sqlite.SharedSize-1, rangelock.Write) {
 		return nil
 	}
-	return db.commitRollback()
+	return db.commitRollback(nil)
 }
 
 // commitRollback commits the pages written to the database file since the
-// last commit. Caller holds db.mu.
-func (db *DB) commitRollback() error {
+// last commit, then calls onCommit (if set) to finish the file operation
+// that committed it; with nothing to commit it calls onCommit at once.
+// Caller holds db.mu.
+func (db *DB) commitRollback(onCommit func() error) error {
 	if !db.tx.pending() {
-		return nil
+		return runHook(onCommit)
 	}
 	tx := db.tx
 	db.tx = rollbackTx{dirty: make(map[uint32]struct{})}
@@ -184,7 +194,15 @@ func (db *DB) commitRollback() error {
 		read:            db.readDatabasePage,
 		skipIfUnchanged: true,
 		sync:            tx.synced,
+		onCommit:        onCommit,
 	})
+}
+
+func runHook(f func() error) error {
+	if f == nil {
+		return nil
+	}
+	return f()
 }
 
 // writeWAL handles a write to the WAL file. Caller holds db.mu.
@@ -228,6 +246,9 @@ func (db *DB) writeWAL(p []byte, off int64) (int, error) {
 		return n, nil
 	}
 	if err := db.commitWAL(w.commitEnd, end); err != nil {
+		if PendingOf(err) != nil {
+			return n, err // the write succeeds once the primary has it
+		}
 		// SQLite sees the write fail and rolls the transaction back; its
 		// next transaction overwrites these frames. The frames are left in
 		// place: the kernel may have split SQLite's write, and SQLite
@@ -279,7 +300,10 @@ func (db *DB) applyWALTxn(txn sqlite.WALTxn) error {
 		}
 		return db.readPage(pgno, buf)
 	}
-	if err := db.commit(change{
+	// The frames become the latest versions of their pages once the
+	// transaction is committed, which on a replica under the HALT lock is
+	// once the primary has it.
+	return db.commit(change{
 		pageSize:  w.hdr.PageSize,
 		commit:    txn.Commit,
 		pgnos:     pgnos,
@@ -288,19 +312,19 @@ func (db *DB) applyWALTxn(txn sqlite.WALTxn) error {
 		walSize:   txn.End - txn.Start,
 		walSalt1:  w.hdr.Salt1,
 		walSalt2:  w.hdr.Salt2,
-	}); err != nil {
-		return err
-	}
-	for _, pgno := range pgnos {
-		w.pages[pgno] = latest[pgno]
-	}
-	for pgno := range w.pages {
-		if pgno > txn.Commit {
-			delete(w.pages, pgno)
-		}
-	}
-	w.commitEnd = txn.End
-	return nil
+		onCommit: func() error {
+			for _, pgno := range pgnos {
+				w.pages[pgno] = latest[pgno]
+			}
+			for pgno := range w.pages {
+				if pgno > txn.Commit {
+					delete(w.pages, pgno)
+				}
+			}
+			w.commitEnd = txn.End
+			return nil
+		},
+	})
 }
 
 func (db *DB) truncateWAL(size int64) error {
@@ -358,11 +382,21 @@ type change struct {
 
 	walOffset, walSize int64
 	walSalt1, walSalt2 uint32
+
+	// onCommit finishes the file operation that committed the transaction,
+	// once it is the database's position (or at once if there was nothing
+	// to commit).
+	onCommit func() error
 }
 
 // commit appends the changeset for c to the log and makes it the
-// database's position. Caller holds db.mu.
+// database's position. On a replica under the HALT lock it returns a
+// *Pending instead, and the position moves when the primary has the
+// changeset. Caller holds db.mu.
 func (db *DB) commit(c change) error {
+	if db.pending != nil {
+		return db.errCommitInFlight()
+	}
 	lockPgno := sqlite.LockPgno(max(c.pageSize, sqlite.MinPageSize))
 	full := c.full || db.pos.TXID == 0 || (db.chk.pageSize != 0 && db.chk.pageSize != c.pageSize)
 	if full {
@@ -401,10 +435,10 @@ func (db *DB) commit(c change) error {
 	}
 	post := ltx.ChecksumFlag | xor
 	if c.skipIfUnchanged && !full && post == db.chk.Sum() && c.commit == db.chk.PageN() {
-		return nil
+		return runHook(c.onCommit)
 	}
 	if db.pos.TXID == 0 && c.commit == 0 {
-		return nil // nothing was ever written
+		return runHook(c.onCommit) // nothing was ever written
 	}
 
 	hdr := ltx.Header{
@@ -437,33 +471,36 @@ func (db *DB) commit(c change) error {
 	if err != nil {
 		return fmt.Errorf("commit %s: %w", db.name, err)
 	}
-	if !db.store.Writable() && db.halt != nil && db.halt.remote != nil {
-		if err := db.forwardLocked(pos.TXID); err != nil {
-			return err
+	publish := func() error {
+		if c.sync {
+			if err := db.log.Sync(); err != nil {
+				return fmt.Errorf("commit %s: %w", db.name, err)
+			}
 		}
-	}
-	if c.sync {
-		if err := db.log.Sync(); err != nil {
-			return fmt.Errorf("commit %s: %w", db.name, err)
+		if full {
+			db.chk = &pageChecksums{pageSize: c.pageSize}
 		}
+		db.chk.pageSize = c.pageSize
+		db.chk.Resize(c.commit)
+		for i, pgno := range c.pgnos {
+			db.chk.Set(pgno, sums[i])
+		}
+		db.pos = pos
+		db.commits.Add(1)
+		db.notifyLocked()
+		if db.store.opts.StrictVerify {
+			if err := db.verifyLocked(c.read); err != nil {
+				return err
+			}
+		}
+		return runHook(c.onCommit)
 	}
-
-	if full {
-		db.chk = &pageChecksums{pageSize: c.pageSize}
+	if db.forwardingLocked() {
+		p := &Pending{db: db, txid: pos.TXID, remote: db.halt.remote, publish: publish, done: make(chan struct{})}
+		db.pending = p
+		return p
 	}
-	db.chk.pageSize = c.pageSize
-	db.chk.Resize(c.commit)
-	for i, pgno := range c.pgnos {
-		db.chk.Set(pgno, sums[i])
-	}
-	db.pos = pos
-	db.commits.Add(1)
-	db.notifyLocked()
-
-	if db.store.opts.StrictVerify {
-		return db.verifyLocked(c.read)
-	}
-	return nil
+	return publish()
 }
 
 // verifyLocked recomputes the checksum of the whole database from its files

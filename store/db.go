@@ -54,7 +54,7 @@ type DB struct {
 	turn      readerTurn // fairness between applies and local readers
 
 	mu            sync.Mutex
-	dbFile        *os.File // backing file of the database
+	dbFile        file     // backing file of the database
 	journal       *os.File // backing file of the rollback journal
 	wal           *os.File // backing file of the WAL
 	journalExists bool     // the journal exists as SQLite sees it
@@ -72,7 +72,20 @@ type DB struct {
 	commits       atomic.Int64  // transactions committed through this mount
 	halt          *localHalt    // the HALT lock taken through this mount
 	grant         *haltGrant    // the HALT lock granted to a replica, on the primary
+	pending       *Pending      // a commit waiting for the primary
+	damaged       error         // set when an apply failed half way, until one succeeds
 	closed        bool
+}
+
+// file is what the store needs of a backing file: an *os.File, or in tests
+// a wrapper that injects faults.
+type file interface {
+	io.ReaderAt
+	io.WriterAt
+	Truncate(size int64) error
+	Sync() error
+	Stat() (os.FileInfo, error)
+	Close() error
 }
 
 // rollbackTx tracks a transaction written straight to the database file
@@ -120,7 +133,11 @@ func openDB(s *Store, name string) (*DB, error) {
 		f, err = os.OpenFile(filepath.Join(dir, name), os.O_RDWR|os.O_CREATE, 0o644)
 		return f
 	}
-	db.dbFile, db.journal, db.wal = open(databaseFile), open(journalFile), open(walFile)
+	dbFile := open(databaseFile)
+	if dbFile != nil {
+		db.dbFile = dbFile
+	}
+	db.journal, db.wal = open(journalFile), open(walFile)
 	if err == nil {
 		db.log, err = ltx.OpenLog(filepath.Join(dir, logDir), ltx.Options{
 			SegmentSize:   s.opts.SegmentSize,
@@ -217,7 +234,7 @@ func (db *DB) existsLocked(kind FileKind) bool {
 	return !db.closed
 }
 
-func (db *DB) backing(kind FileKind) *os.File {
+func (db *DB) backing(kind FileKind) file {
 	switch kind {
 	case FileDatabase:
 		return db.dbFile
@@ -277,6 +294,11 @@ func (db *DB) ReadAt(kind FileKind, p []byte, off int64) (int, error) {
 	case FileLock:
 		db.mu.Unlock()
 		return 0, nil
+	}
+	if kind == FileDatabase && db.damaged != nil {
+		err := db.damaged
+		db.mu.Unlock()
+		return 0, fmt.Errorf("read %s: %w: %v", db.name, syscall.EIO, err)
 	}
 	f := db.backing(kind)
 	db.mu.Unlock()
@@ -454,7 +476,10 @@ func (db *DB) closeLocked() error {
 }
 
 func (db *DB) closeFiles() {
-	for _, f := range []*os.File{db.dbFile, db.journal, db.wal} {
+	if db.dbFile != nil {
+		_ = db.dbFile.Close()
+	}
+	for _, f := range []*os.File{db.journal, db.wal} {
 		if f != nil {
 			_ = f.Close()
 		}

@@ -16,46 +16,27 @@ import (
 // new one, Demote folds the committed WAL into the database file and rolls
 // back what was never committed.
 
-// holdOwner is the lock owner under which the daemon holds off writers.
-const holdOwner rangelock.Owner = 0x4c69746546530002
-
-// HoldWrites waits for every database's in-flight write transaction to
-// end and keeps new ones out (they get SQLITE_BUSY) until release is
-// called. It takes the locks SQLite writers take: RESERVED on the database
-// file and the WAL write lock.
-func (s *Store) HoldWrites(ctx context.Context) (release func(), err error) {
-	var releases []func()
-	release = func() {
-		for _, r := range releases {
-			r()
-		}
-	}
-	for _, db := range s.DBs() {
-		r, err := db.holdWrites(ctx)
-		if err != nil {
-			release()
-			return nil, err
-		}
-		releases = append(releases, r)
-	}
-	return release, nil
-}
-
-func (db *DB) holdWrites(ctx context.Context) (func(), error) {
-	reserved := rangelock.Lock{Owner: holdOwner, Start: sqlite.ReservedByte, End: sqlite.ReservedByte, Type: rangelock.Write}
-	walWrite := rangelock.Lock{Owner: holdOwner, Start: shmLockWrite, End: shmLockWrite, Type: rangelock.Write}
-	release := func() {
-		db.shmLocks.TryLock(rangelock.Lock{Owner: holdOwner, Start: walWrite.Start, End: walWrite.End, Type: rangelock.Unlock})
-		db.dbLocks.TryLock(rangelock.Lock{Owner: holdOwner, Start: reserved.Start, End: reserved.End, Type: rangelock.Unlock})
-	}
+// holdWrites waits for the database's in-flight write transaction to end
+// and keeps new ones out under owner, which must be a hold owner. It takes
+// the locks SQLite writers take: RESERVED on the database file and the WAL
+// write lock.
+func (db *DB) holdWrites(ctx context.Context, owner rangelock.Owner) error {
+	reserved := rangelock.Lock{Owner: owner, Start: sqlite.ReservedByte, End: sqlite.ReservedByte, Type: rangelock.Write}
+	walWrite := rangelock.Lock{Owner: owner, Start: shmLockWrite, End: shmLockWrite, Type: rangelock.Write}
 	if err := db.dbLocks.Lock(ctx, reserved); err != nil {
-		return nil, fmt.Errorf("hold writes on %s: %w", db.name, err)
+		return fmt.Errorf("hold writes on %s: %w", db.name, err)
 	}
 	if err := db.shmLocks.Lock(ctx, walWrite); err != nil {
-		release()
-		return nil, fmt.Errorf("hold writes on %s: %w", db.name, err)
+		db.unholdWrites(owner)
+		return fmt.Errorf("hold writes on %s: %w", db.name, err)
 	}
-	return release, nil
+	return nil
+}
+
+// unholdWrites releases what holdWrites took under owner, and only that.
+func (db *DB) unholdWrites(owner rangelock.Owner) {
+	db.shmLocks.TryLock(rangelock.Lock{Owner: owner, Start: shmLockWrite, End: shmLockWrite, Type: rangelock.Unlock})
+	db.dbLocks.TryLock(rangelock.Lock{Owner: owner, Start: sqlite.ReservedByte, End: sqlite.ReservedByte, Type: rangelock.Unlock})
 }
 
 // Demote stops local writes and brings every database's files to the
@@ -64,7 +45,7 @@ func (s *Store) Demote(ctx context.Context) error {
 	s.SetWritable(false)
 	var errs []error
 	for _, db := range s.DBs() {
-		if err := db.settle(ctx); err != nil {
+		if err := db.settle(ctx, 0); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -73,14 +54,18 @@ func (s *Store) Demote(ctx context.Context) error {
 
 // settle rolls back an interrupted rollback-journal transaction and copies
 // the WAL's committed pages into the database file, with readers out.
-func (db *DB) settle(ctx context.Context) error {
+// held is the hold owner that keeps writers out meanwhile, if any.
+func (db *DB) settle(ctx context.Context, held rangelock.Owner) error {
+	if err := db.awaitPending(ctx); err != nil {
+		return fmt.Errorf("settle %s: %w", db.name, err)
+	}
 	db.mu.Lock()
 	needed := db.unsettledLocked()
 	db.mu.Unlock()
 	if !needed {
 		return nil
 	}
-	unlock, err := db.lockReaders(ctx)
+	unlock, err := db.lockReaders(ctx, held)
 	if err != nil {
 		return fmt.Errorf("settle %s: %w", db.name, err)
 	}

@@ -12,14 +12,18 @@ import (
 )
 
 // Import replaces the named database, or creates it, with the SQLite
-// database file at path, as one transaction: in-flight writers finish,
-// new ones wait, and the whole file becomes the next changeset, which
-// every replica receives. The caller has validated the file (it is a
-// sound SQLite database); Import checks only its shape.
-func (s *Store) Import(ctx context.Context, name, path string) (ltx.Pos, error) {
-	if !s.Writable() {
-		return ltx.Pos{}, fmt.Errorf("import %s: %w", name, ErrReadOnly)
+// database file at path, as one transaction of the term of epoch:
+// in-flight writers finish, new ones (and HALT grants) wait, and the whole
+// file becomes the next changeset, which every replica receives. The
+// caller has validated the file (it is a sound SQLite database); Import
+// checks only its shape. An import that completes after the term began to
+// end is reported as failed: its outcome is unknown.
+func (t *Term) Import(ctx context.Context, epoch uint64, name, path string) (ltx.Pos, error) {
+	if err := t.enter(epoch); err != nil {
+		return ltx.Pos{}, fmt.Errorf("import %s: %w", name, err)
 	}
+	defer t.leave()
+	s := t.store
 	f, err := os.Open(path)
 	if err != nil {
 		return ltx.Pos{}, fmt.Errorf("import %s: %w", name, err)
@@ -35,11 +39,11 @@ func (s *Store) Import(ctx context.Context, name, path string) (ltx.Pos, error) 
 			return ltx.Pos{}, err
 		}
 	}
-	release, err := db.holdWrites(ctx)
+	hold, err := t.HoldWrites(ctx, name)
 	if err != nil {
-		return ltx.Pos{}, err
+		return ltx.Pos{}, fmt.Errorf("import %s: %w", name, err)
 	}
-	defer release()
+	defer hold.Release()
 
 	tmp, err := os.CreateTemp(s.Dir(), ".import-*")
 	if err != nil {
@@ -88,9 +92,14 @@ func (s *Store) Import(ctx context.Context, name, path string) (ltx.Pos, error) 
 	if err := enc.Close(); err != nil {
 		return ltx.Pos{}, fmt.Errorf("import %s: %w", name, err)
 	}
-	newPos, err := db.applyChangesetSync(ctx, tmp, enc.N())
+	ctx, cancel := t.bind(ctx)
+	defer cancel()
+	newPos, err := db.applyChangesetSync(ctx, tmp, enc.N(), hold.Owner())
 	if err != nil {
-		return newPos, fmt.Errorf("import %s: %w", name, err)
+		return newPos, fmt.Errorf("import %s: %w", name, t.waitErr(ctx, err))
+	}
+	if t.isEnding() {
+		return newPos, fmt.Errorf("import %s: %w while it was applied; it may or may not survive the change of primary", name, t.endedErr())
 	}
 	db.logger.Info("database imported", "pages", pageN, "page_size", pageSize, "pos", newPos.String())
 	return newPos, nil

@@ -23,14 +23,24 @@ func (db *DB) table(kind FileKind) *rangelock.Table {
 
 // Lock applies an F_SETLK request: it takes, changes or releases a byte
 // range lock without waiting, returning false if another owner's lock
-// conflicts.
+// conflicts. Releasing the last write lock of a database may commit pages
+// written without a journal; that commit may be a *Pending (see Pending).
 func (db *DB) Lock(kind FileKind, req rangelock.Lock) (bool, error) {
 	t := db.table(kind)
 	if t == nil {
 		return false, fmt.Errorf("lock %s of %s: %w", kind, db.name, syscall.EINVAL)
 	}
 	if kind == FileLock {
-		return db.lockHalt(context.Background(), req, false)
+		if req.Type == rangelock.Write {
+			// Taking the HALT byte may ask the primary: LockHalt, off
+			// the FUSE loop, with a context.
+			return false, fmt.Errorf("lock %s of %s: a write lock on the lock file goes through LockHalt: %w", kind, db.name, syscall.EINVAL)
+		}
+		if !t.TryLock(req) {
+			return false, nil
+		}
+		db.checkHaltReleased()
+		return true, nil
 	}
 	if db.turn.gated(kind, req) || !t.TryLock(req) {
 		if req.Type == rangelock.Read {
@@ -40,8 +50,15 @@ func (db *DB) Lock(kind FileKind, req rangelock.Lock) (bool, error) {
 		}
 		return false, nil
 	}
-	db.afterLocalLock(kind, req)
-	return true, nil
+	return true, db.afterLocalLock(kind, req)
+}
+
+// LockHalt applies a lock request on the NAME-lock file, waiting for a
+// conflicting lock to go if wait is set. Taking the HALT byte on a replica
+// asks the primary for it, so callers run it off the FUSE loop; ctx is the
+// request's own.
+func (db *DB) LockHalt(ctx context.Context, req rangelock.Lock, wait bool) (bool, error) {
+	return db.lockHalt(ctx, req, wait)
 }
 
 // LockWait applies an F_SETLKW request, waiting for conflicting locks to go.
@@ -57,14 +74,13 @@ func (db *DB) LockWait(ctx context.Context, kind FileKind, req rangelock.Lock) e
 	if err := t.Lock(ctx, req); err != nil {
 		return err
 	}
-	db.afterLocalLock(kind, req)
-	return nil
+	return db.afterLocalLock(kind, req)
 }
 
 // afterLocalLock follows a lock request from SQLite that succeeded.
-func (db *DB) afterLocalLock(kind FileKind, req rangelock.Lock) {
+func (db *DB) afterLocalLock(kind FileKind, req rangelock.Lock) error {
 	if kind == FileLock {
-		return
+		return nil
 	}
 	if req.Type != rangelock.Unlock {
 		db.turn.serve()
@@ -75,8 +91,9 @@ func (db *DB) afterLocalLock(kind FileKind, req rangelock.Lock) {
 		db.dbLocks.Wake()
 	}
 	if req.Type != rangelock.Write && kind == FileDatabase {
-		db.afterDatabaseUnlock()
+		return db.afterDatabaseUnlock()
 	}
+	return nil
 }
 
 // QueryLock answers F_GETLK: a lock that would block req, if any.
@@ -88,8 +105,8 @@ func (db *DB) QueryLock(kind FileKind, req rangelock.Lock) (rangelock.Lock, bool
 }
 
 // ReleaseOwner drops the POSIX locks of owner on a file: the process closed
-// one of its descriptors for it.
-func (db *DB) ReleaseOwner(kind FileKind, owner rangelock.Owner) {
+// one of its descriptors for it. Like Lock, it may return a *Pending.
+func (db *DB) ReleaseOwner(kind FileKind, owner rangelock.Owner) error {
 	if t := db.table(kind); t != nil {
 		t.ReleaseOwner(owner)
 	}
@@ -97,13 +114,15 @@ func (db *DB) ReleaseOwner(kind FileKind, owner rangelock.Owner) {
 		db.checkHaltReleased()
 	}
 	if kind == FileDatabase {
-		db.afterDatabaseUnlock()
+		return db.afterDatabaseUnlock()
 	}
+	return nil
 }
 
 // ReleaseHandle drops the locks taken through an open file handle: its last
-// descriptor was closed, which ends its OFD locks.
-func (db *DB) ReleaseHandle(kind FileKind, handle uint64) {
+// descriptor was closed, which ends its OFD locks. Like Lock, it may
+// return a *Pending.
+func (db *DB) ReleaseHandle(kind FileKind, handle uint64) error {
 	if t := db.table(kind); t != nil {
 		t.ReleaseHandle(handle)
 	}
@@ -111,19 +130,25 @@ func (db *DB) ReleaseHandle(kind FileKind, handle uint64) {
 		db.checkHaltReleased()
 	}
 	if kind == FileDatabase {
-		db.afterDatabaseUnlock()
+		return db.afterDatabaseUnlock()
 	}
+	return nil
 }
 
 // afterDatabaseUnlock commits pages written to the database file outside
-// of any journal once nobody holds a write lock on it any more.
-func (db *DB) afterDatabaseUnlock() {
+// of any journal once nobody holds a write lock on it any more. Nobody
+// waits for the answer of such a commit, so a failure is only logged; a
+// *Pending is returned to be waited for.
+func (db *DB) afterDatabaseUnlock() error {
 	db.mu.Lock()
 	defer db.mu.Unlock()
 	if db.closed || !db.tx.pending() {
-		return
+		return nil
 	}
-	if err := db.commitOrphanWrites(); err != nil {
+	err := db.commitOrphanWrites()
+	if err != nil && PendingOf(err) == nil {
 		db.logger.Error("commit writes made without a journal", "err", err)
+		return nil
 	}
+	return err
 }

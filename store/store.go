@@ -49,10 +49,13 @@ type Store struct {
 	changeMu sync.Mutex
 	changed  chan struct{} // closed and replaced on any change
 
-	writable atomic.Bool
-	halter   Halter // asks the primary for HALT locks; guarded by mu
+	writable   atomic.Bool
+	halter     Halter       // asks the primary for HALT locks; guarded by mu
+	term       *Term        // while this node is the primary; guarded by mu
+	createHeld atomic.Int32 // holds on every database in force: no new database meanwhile
 
-	haltWaiting atomic.Int64 // HALT lock requests waiting
+	haltWaiting atomic.Int64    // HALT lock requests waiting
+	haltEnds    [4]atomic.Int64 // HALT grants ended, by HaltEndReasons
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -197,6 +200,11 @@ func (s *Store) createDB(name string, replicated bool) (*DB, error) {
 	}
 	if !replicated && !s.Writable() {
 		return nil, fmt.Errorf("create database %q: %w", name, ErrReadOnly)
+	}
+	if !replicated && s.createHeld.Load() > 0 {
+		// A handoff holds every database's writers: a new one would be
+		// missing from the positions it hands over.
+		return nil, fmt.Errorf("create database %q: writes are held for a change of primary: %w", name, ErrReadOnly)
 	}
 	if err := os.MkdirAll(filepath.Join(s.dbsDir(), name), 0o755); err != nil {
 		return nil, fmt.Errorf("create database %q: %w", name, err)

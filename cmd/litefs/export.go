@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -76,23 +75,22 @@ func runImport(args []string) error {
 	defer f.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, *u+"/import?name="+url.QueryEscape(*name), f)
+	// The import is for the term the primary is in now: if the primary
+	// changes before the upload is in, it is refused rather than applied
+	// elsewhere.
+	api := lhttp.NewAPIClient()
+	info, err := api.Info(ctx, *u)
 	if err != nil {
 		return fmt.Errorf("import: %w", err)
 	}
-	req.Header.Set("Content-Type", "application/vnd.sqlite3")
-	resp, err := http.DefaultClient.Do(req)
+	if !info.IsPrimary {
+		return fmt.Errorf("import: %s is not the primary (the primary is %q at %s)", *u, info.Primary, info.PrimaryURL)
+	}
+	pos, err := api.Import(ctx, *u, *name, info.Epoch, f)
 	if err != nil {
 		return fmt.Errorf("import: %w", err)
 	}
-	defer resp.Body.Close()
-	if err := lhttp.CheckResponse(resp); err != nil {
-		return fmt.Errorf("import: %w", err)
-	}
-	var out struct {
-		Pos string `json:"pos"`
-	}
-	json.NewDecoder(resp.Body).Decode(&out)
+	out := struct{ Pos string }{pos}
 	fmt.Fprintf(os.Stderr, "imported %s as %s, now at %s\n", fs.Arg(0), *name, out.Pos)
 	return nil
 }

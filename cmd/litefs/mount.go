@@ -59,17 +59,19 @@ func runMount(args []string) error {
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	defer signal.Stop(sigs)
 
-	n := &node{cfg: cfg, logger: logger}
-	if err := n.open(); err != nil {
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	d := &daemon{cfg: cfg, logger: logger}
+	if err := d.open(ctx); err != nil {
 		return err
 	}
 	var runErr error
-	if n.waitReady(sigs, cfg.SkipSync) {
+	if d.waitReady(sigs, cfg.SkipSync) {
 		runErr = runCommands(cmds, sigs, logger)
 	}
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), unmountTimeout)
+	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), unmountTimeout+gracefulHandoffTimeout)
 	defer cancel()
-	if err := n.close(shutdownCtx); err != nil {
+	if err := d.close(shutdownCtx); err != nil {
 		logger.Error("shutdown", "err", err)
 		if runErr == nil {
 			runErr = err
@@ -81,21 +83,21 @@ func runMount(args []string) error {
 // waitReady waits until the node is primary or caught up with the primary
 // before the application starts, unless skip-sync is set. It returns false
 // if a signal asked litefs to stop first.
-func (n *node) waitReady(sigs <-chan os.Signal, skip bool) bool {
+func (d *daemon) waitReady(sigs <-chan os.Signal, skip bool) bool {
 	if skip {
 		return true
 	}
 	select {
-	case <-n.ready:
+	case <-d.node.Ready():
 		return true
 	case <-time.After(time.Second):
-		n.logger.Info("waiting to be primary or in sync with the primary before starting the application")
+		d.logger.Info("waiting to be primary or in sync with the primary before starting the application")
 	}
 	select {
-	case <-n.ready:
+	case <-d.node.Ready():
 		return true
 	case sig := <-sigs:
-		n.logger.Info("signal received, shutting down", "signal", sig.String())
+		d.logger.Info("signal received, shutting down", "signal", sig.String())
 		return false
 	}
 }

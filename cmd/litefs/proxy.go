@@ -14,13 +14,13 @@ import (
 // startProxy runs the HTTP proxy in front of the application, if
 // configured. Other nodes reach it on the host of this node's advertise
 // URL and the proxy's port.
-func (n *node) startProxy() error {
-	c := n.cfg.Proxy
+func (d *daemon) startProxy() error {
+	c := d.cfg.Proxy
 	if c.Target == "" {
 		return nil
 	}
-	cache := &proxyCache{}
-	n.proxy = lhttp.NewProxy(n.store, lhttp.ProxyOptions{
+	cache := &proxyCache{client: lhttp.NewAPIClient()}
+	d.proxy = lhttp.NewProxy(d.store, lhttp.ProxyOptions{
 		Addr:           c.Addr,
 		Target:         c.Target,
 		DB:             c.DB,
@@ -28,23 +28,28 @@ func (n *node) startProxy() error {
 		Passthrough:    c.Passthrough,
 		AlwaysForward:  c.AlwaysForward,
 		PrimaryTimeout: c.PrimaryRedirectTimeout,
-		IsPrimary:      n.IsPrimary,
-		PrimaryProxy:   func(ctx context.Context) (string, error) { return cache.get(ctx, n.primaryURL()) },
-		Lag:            n.Lag,
-		Logger:         n.logger,
+		IsPrimary:      d.node.IsPrimary,
+		PrimaryProxy: func(ctx context.Context) (string, error) {
+			u, _ := d.node.PrimaryURL()
+			return cache.get(ctx, u)
+		},
+		Lag:    d.node.Lag,
+		Logger: d.logger,
 	})
-	if err := n.proxy.Listen(); err != nil {
+	if err := d.proxy.Listen(); err != nil {
 		return err
 	}
-	host := n.hostname
-	if u, err := url.Parse(n.advertiseURL); err == nil && u.Hostname() != "" {
+	host := d.hostname
+	if u, err := url.Parse(d.advertiseURL); err == nil && u.Hostname() != "" {
 		host = u.Hostname()
 	}
-	n.proxyURL = "http://" + net.JoinHostPort(host, strconv.Itoa(n.proxy.Addr().(*net.TCPAddr).Port))
-	n.logger.Info("proxy listening", "addr", n.proxy.Addr().String(), "target", c.Target, "db", c.DB)
+	d.node.SetProxyURL("http://" + net.JoinHostPort(host, strconv.Itoa(d.proxy.Addr().(*net.TCPAddr).Port)))
+	d.logger.Info("proxy listening", "addr", d.proxy.Addr().String(), "target", c.Target, "db", c.DB)
+	d.wg.Add(1)
 	go func() {
-		if err := n.proxy.Serve(); err != nil {
-			n.logger.Error("proxy", "err", err)
+		defer d.wg.Done()
+		if err := d.proxy.Serve(); err != nil {
+			d.logger.Error("proxy", "err", err)
 		}
 	}()
 	return nil
@@ -52,6 +57,7 @@ func (n *node) startProxy() error {
 
 // proxyCache remembers the proxy URL of the primary at an API URL.
 type proxyCache struct {
+	client   *lhttp.APIClient
 	mu       sync.Mutex
 	api, url string
 }
@@ -66,8 +72,8 @@ func (c *proxyCache) get(ctx context.Context, api string) (string, error) {
 		return c.url, nil
 	}
 	c.mu.Unlock()
-	var info Info
-	if err := getJSON(ctx, api+"/info", &info); err != nil {
+	info, err := c.client.Info(ctx, api)
+	if err != nil {
 		return "", err
 	}
 	if info.ProxyURL == "" {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/litefs-project/litefs"
+	lhttp "github.com/litefs-project/litefs/http"
 )
 
 // DefaultURL is the local node's API when -url is not given.
@@ -50,10 +51,11 @@ func runRun(args []string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	api := lhttp.NewAPIClient()
 
 	if *ifCandidate {
-		var info Info
-		if err := getJSON(ctx, *url+"/info", &info); err != nil {
+		info, err := api.Info(ctx, *url)
+		if err != nil {
 			return fmt.Errorf("run: %w", err)
 		}
 		if !info.Candidate {
@@ -62,9 +64,9 @@ func runRun(args []string) error {
 		}
 	}
 	if *promote {
-		var info Info
 		start := time.Now()
-		if err := postJSON(ctx, *url+"/promote", struct{}{}, &info); err != nil {
+		info, err := api.Promote(ctx, *url, lhttp.PromoteRequest{})
+		if err != nil {
 			return fmt.Errorf("run: %w", err)
 		}
 		fmt.Fprintf(os.Stderr, "litefs run: %s is the primary (%s)\n", info.Hostname, time.Since(start).Round(time.Millisecond))
@@ -104,8 +106,8 @@ func runDemote(args []string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	var info Info
-	if err := postJSON(ctx, *url+"/demote", struct{}{}, &info); err != nil {
+	info, err := lhttp.NewAPIClient().Demote(ctx, *url)
+	if err != nil {
 		return fmt.Errorf("demote: %w", err)
 	}
 	fmt.Printf("%s is the primary\n", info.Hostname)
