@@ -4,10 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"errors"
 	"math"
 	"net"
 	"net/http"
@@ -65,8 +65,8 @@ func NewReplicator(st *store.Store, opts ReplicatorOptions) *Replicator {
 		opts.HeartbeatInterval = DefaultHeartbeatInterval
 	}
 	return &Replicator{
-		store:     st,
-		logger:    opts.Logger,
+		store:  st,
+		logger: opts.Logger,
 		client: &http.Client{Transport: &http.Transport{
 			Proxy:                 nil,
 			DisableCompression:    true,

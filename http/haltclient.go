@@ -39,8 +39,8 @@ type HaltClient struct {
 	logger  *slog.Logger
 	client  *http.Client
 
-	ctx     context.Context // background work: keepalives, releases
-	cancel  context.CancelFunc
+	ctx    context.Context // background work: keepalives, releases
+	cancel context.CancelFunc
 
 	mu      sync.Mutex
 	halts   map[*remoteHalt]struct{}

@@ -11,7 +11,6 @@ import (
 	"sync"
 	"time"
 
-
 	"github.com/litefs-project/litefs/fuse"
 	lhttp "github.com/litefs-project/litefs/http"
 	"github.com/litefs-project/litefs/internal/config"
