@@ -44,6 +44,40 @@ type Replicator struct {
 	readyOnce sync.Once
 	caughtUp  time.Time // when the primary last said there was nothing more
 	lastTx    time.Time // commit time of the last changeset applied
+	stats     map[string]*ReplicaDBStats
+}
+
+// ReplicaDBStats counts what a replica did to one database.
+type ReplicaDBStats struct {
+	Snapshots      int64 // snapshots installed
+	Discarded      int64 // local transactions a snapshot discarded (the primary never had them)
+	RefusedFrames  int64 // frames refused as corrupt or not fitting the database
+}
+
+// Stats returns the replica's counters, by database.
+func (r *Replicator) Stats() map[string]ReplicaDBStats {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	m := make(map[string]ReplicaDBStats, len(r.stats))
+	for name, s := range r.stats {
+		m[name] = *s
+	}
+	return m
+}
+
+// count updates the counters of a database.
+func (r *Replicator) count(name string, f func(*ReplicaDBStats)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.stats == nil {
+		r.stats = make(map[string]*ReplicaDBStats)
+	}
+	s := r.stats[name]
+	if s == nil {
+		s = &ReplicaDBStats{}
+		r.stats[name] = s
+	}
+	f(s)
 }
 
 // ReplicatorOptions configures a Replicator.
@@ -172,6 +206,7 @@ func (r *Replicator) Stream(ctx context.Context, baseURL string, epoch uint64) e
 				}
 				r.logger.Warn("frame from the primary refused; nothing of it was applied",
 					"db", f.Name, "frame", f.Type.String(), "local_pos", pos.String(), "peer", baseURL, "err", err)
+				r.count(f.Name, func(s *ReplicaDBStats) { s.RefusedFrames++ })
 			}
 			return fmt.Errorf("stream from %s: %s %s: %w", baseURL, f.Type, f.Name, err)
 		}
@@ -198,10 +233,17 @@ func (r *Replicator) handle(ctx context.Context, f Frame, payload io.Reader) err
 		}
 		r.logger.Info("snapshot applied", "db", f.Name, "pos", pos.String())
 		// Meta is the last TXID this node shares with the primary.
-		if common := ltx.TXID(f.Meta); before.TXID > common {
+		common := ltx.TXID(f.Meta)
+		if before.TXID > common {
 			r.logger.Warn("discarded local transactions that the primary does not have",
 				"db", f.Name, "txids", fmt.Sprintf("%s-%s", common+1, before.TXID), "local_pos", before.String(), "primary_pos", pos.String())
 		}
+		r.count(f.Name, func(s *ReplicaDBStats) {
+			s.Snapshots++
+			if before.TXID > common {
+				s.Discarded += int64(before.TXID - common)
+			}
+		})
 		return nil
 	case FrameDrop:
 		if _, err := io.Copy(io.Discard, payload); err != nil {

@@ -14,6 +14,8 @@ type NodeStatus interface {
 	// Epoch is the term this node holds or follows, 0 if none.
 	Epoch() uint64
 	Lag() time.Duration
+	// Terms is how many terms this node has held as primary.
+	Terms() int64
 	// LeaseStats returns the lease's successful and failed renewals.
 	LeaseStats() (renewals, failures int64)
 }
@@ -60,9 +62,10 @@ func (s *Server) ObserveFUSE(op string, d time.Duration) {
 	s.metrics.fuseOps.WithLabelValues(op).Observe(d.Seconds())
 }
 
-// EnableMetrics serves /metrics, reporting node through it.
-func (s *Server) EnableMetrics(node NodeStatus) {
-	s.metrics.registry.MustRegister(&stateCollector{s: s, node: node})
+// EnableMetrics serves /metrics, reporting node and rep (the replicator,
+// if the node has one) through it.
+func (s *Server) EnableMetrics(node NodeStatus, rep *Replicator) {
+	s.metrics.registry.MustRegister(&stateCollector{s: s, node: node, rep: rep})
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{}))
 }
 
@@ -70,6 +73,7 @@ func (s *Server) EnableMetrics(node NodeStatus) {
 type stateCollector struct {
 	s    *Server
 	node NodeStatus
+	rep  *Replicator
 }
 
 var (
@@ -95,6 +99,14 @@ var (
 		"The term this node holds (as primary) or follows (as replica); 0 if none.", nil, nil)
 	descHaltEnded = prometheus.NewDesc("litefs_halt_grants_ended_total",
 		"HALT locks this node granted that have ended, by reason: released, expired, disconnected, term-ended.", []string{"reason"}, nil)
+	descTerms = prometheus.NewDesc("litefs_terms_total",
+		"Terms this node has held as the primary.", nil, nil)
+	descReplicaSnapshots = prometheus.NewDesc("litefs_replica_snapshots_applied_total",
+		"Snapshots from the primary installed on this node, by database.", []string{"db"}, nil)
+	descReplicaDiscarded = prometheus.NewDesc("litefs_replica_discarded_transactions_total",
+		"Local transactions a snapshot from the primary discarded because the primary never had them, by database.", []string{"db"}, nil)
+	descReplicaRefused = prometheus.NewDesc("litefs_replica_frames_refused_total",
+		"Frames from the primary this node refused (corrupt, or not fitting the database), by database.", []string{"db"}, nil)
 	descRenewals = prometheus.NewDesc("litefs_lease_renewals_total",
 		"Successful renewals of the primary's lease.", nil, nil)
 	descRenewalFailures = prometheus.NewDesc("litefs_lease_renewal_failures_total",
@@ -103,7 +115,8 @@ var (
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descTXID, descCommits, descChangesets, descChangesetBytes, descHaltHeld,
-		descPrimary, descReplicas, descLag, descHaltWaiting, descEpoch, descHaltEnded, descRenewals, descRenewalFailures} {
+		descPrimary, descReplicas, descLag, descHaltWaiting, descEpoch, descHaltEnded, descTerms,
+		descReplicaSnapshots, descReplicaDiscarded, descReplicaRefused, descRenewals, descRenewalFailures} {
 		ch <- d
 	}
 }
@@ -126,6 +139,14 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descLag, prometheus.GaugeValue, c.node.Lag().Seconds())
 	ch <- prometheus.MustNewConstMetric(descHaltWaiting, prometheus.GaugeValue, float64(c.s.store.HaltWaiting()))
 	ch <- prometheus.MustNewConstMetric(descEpoch, prometheus.GaugeValue, float64(c.node.Epoch()))
+	ch <- prometheus.MustNewConstMetric(descTerms, prometheus.CounterValue, float64(c.node.Terms()))
+	if c.rep != nil {
+		for name, st := range c.rep.Stats() {
+			ch <- prometheus.MustNewConstMetric(descReplicaSnapshots, prometheus.CounterValue, float64(st.Snapshots), name)
+			ch <- prometheus.MustNewConstMetric(descReplicaDiscarded, prometheus.CounterValue, float64(st.Discarded), name)
+			ch <- prometheus.MustNewConstMetric(descReplicaRefused, prometheus.CounterValue, float64(st.RefusedFrames), name)
+		}
+	}
 	for why, n := range c.s.store.HaltEnds() {
 		ch <- prometheus.MustNewConstMetric(descHaltEnded, prometheus.CounterValue, float64(n), why)
 	}

@@ -98,6 +98,7 @@ type Node struct {
 	proxyURL    string
 	quietUntil  time.Time     // no campaigning before, after a handoff
 	roleChanged chan struct{} // closed and replaced on every change of role
+	terms       int64         // terms held
 
 	ready     chan struct{} // closed once primary or caught up
 	readyOnce sync.Once
@@ -225,6 +226,7 @@ func (n *Node) lead(ctx context.Context, l lease.Lease) {
 	}
 	n.mu.Lock()
 	n.term, n.lease = term, l
+	n.terms++
 	n.noteEpochLocked(epoch)
 	n.mu.Unlock()
 	n.setRole(Role{IsPrimary: true, Epoch: epoch})
@@ -340,6 +342,13 @@ func (n *Node) Role() Role {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.role
+}
+
+// Terms returns how many terms this node has held as primary.
+func (n *Node) Terms() int64 {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.terms
 }
 
 // IsPrimary reports whether this node holds the lease.

@@ -118,7 +118,7 @@ func (d *daemon) open(ctx context.Context) error {
 	})
 	st.SetHalter(d.halts)
 	d.node.Register(d.http)
-	d.http.EnableMetrics(status{d.node, d.leaser})
+	d.http.EnableMetrics(status{d.node, d.leaser}, d.replicator)
 
 	// The role loop starts before the mount, so that a static candidate
 	// accepts writes from the mount's first request.
