@@ -49,9 +49,9 @@ type Replicator struct {
 
 // ReplicaDBStats counts what a replica did to one database.
 type ReplicaDBStats struct {
-	Snapshots      int64 // snapshots installed
-	Discarded      int64 // local transactions a snapshot discarded (the primary never had them)
-	RefusedFrames  int64 // frames refused as corrupt or not fitting the database
+	Snapshots     int64 // snapshots installed
+	Discarded     int64 // local transactions a snapshot discarded (the primary never had them)
+	RefusedFrames int64 // frames refused as corrupt or not fitting the database
 }
 
 // Stats returns the replica's counters, by database.

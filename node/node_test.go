@@ -93,7 +93,9 @@ type fakeLease struct {
 	handoffs []string
 }
 
-func newFakeLease(epoch uint64) *fakeLease { return &fakeLease{epoch: epoch, done: make(chan struct{})} }
+func newFakeLease(epoch uint64) *fakeLease {
+	return &fakeLease{epoch: epoch, done: make(chan struct{})}
+}
 
 func (l *fakeLease) Epoch() uint64         { return l.epoch }
 func (l *fakeLease) Done() <-chan struct{} { return l.done }
