@@ -16,6 +16,8 @@ type NodeStatus interface {
 	Lag() time.Duration
 	// Terms is how many terms this node has held as primary.
 	Terms() int64
+	// HandoffInProgress reports whether a handoff holds or waits for writes.
+	HandoffInProgress() bool
 	// LeaseStats returns the lease's successful and failed renewals.
 	LeaseStats() (renewals, failures int64)
 }
@@ -99,6 +101,10 @@ var (
 		"The term this node holds (as primary) or follows (as replica); 0 if none.", nil, nil)
 	descHaltEnded = prometheus.NewDesc("litefs_halt_grants_ended_total",
 		"HALT locks this node granted that have ended, by reason: released, expired, disconnected, term-ended.", []string{"reason"}, nil)
+	descHandoff = prometheus.NewDesc("litefs_handoff_in_progress",
+		"1 while a handoff of the lease is waiting for or holding this primary's writes.", nil, nil)
+	descHoldsWaiting = prometheus.NewDesc("litefs_write_holds_waiting",
+		"Write holds (handoffs, imports, HALT grants) waiting for the writers they keep out.", nil, nil)
 	descTerms = prometheus.NewDesc("litefs_terms_total",
 		"Terms this node has held as the primary.", nil, nil)
 	descReplicaSnapshots = prometheus.NewDesc("litefs_replica_snapshots_applied_total",
@@ -115,7 +121,7 @@ var (
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descTXID, descCommits, descChangesets, descChangesetBytes, descHaltHeld,
-		descPrimary, descReplicas, descLag, descHaltWaiting, descEpoch, descHaltEnded, descTerms,
+		descPrimary, descReplicas, descLag, descHaltWaiting, descEpoch, descHaltEnded, descTerms, descHandoff, descHoldsWaiting,
 		descReplicaSnapshots, descReplicaDiscarded, descReplicaRefused, descRenewals, descRenewalFailures} {
 		ch <- d
 	}
@@ -140,6 +146,8 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descHaltWaiting, prometheus.GaugeValue, float64(c.s.store.HaltWaiting()))
 	ch <- prometheus.MustNewConstMetric(descEpoch, prometheus.GaugeValue, float64(c.node.Epoch()))
 	ch <- prometheus.MustNewConstMetric(descTerms, prometheus.CounterValue, float64(c.node.Terms()))
+	ch <- prometheus.MustNewConstMetric(descHandoff, prometheus.GaugeValue, boolValue(c.node.HandoffInProgress()))
+	ch <- prometheus.MustNewConstMetric(descHoldsWaiting, prometheus.GaugeValue, float64(c.s.store.HoldsWaiting()))
 	if c.rep != nil {
 		for name, st := range c.rep.Stats() {
 			ch <- prometheus.MustNewConstMetric(descReplicaSnapshots, prometheus.CounterValue, float64(st.Snapshots), name)

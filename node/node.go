@@ -351,6 +351,13 @@ func (n *Node) Terms() int64 {
 	return n.terms
 }
 
+// HandoffInProgress reports whether a handoff waits for or holds writes.
+func (n *Node) HandoffInProgress() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.handoff != nil
+}
+
 // IsPrimary reports whether this node holds the lease.
 func (n *Node) IsPrimary() bool { return n.Role().IsPrimary }
 

@@ -108,6 +108,10 @@ func (db *DB) Stats() Stats {
 // HaltWaiting returns how many HALT lock requests are waiting.
 func (s *Store) HaltWaiting() int64 { return s.haltWaiting.Load() }
 
+// HoldsWaiting returns how many write holds (for handoffs, imports and
+// HALT grants) are waiting for the writers they keep out.
+func (s *Store) HoldsWaiting() int64 { return s.holdsWaiting.Load() }
+
 // HaltEnds returns how many HALT grants this node ended, by reason
 // (released, expired, disconnected, term-ended).
 func (s *Store) HaltEnds() map[string]int64 {

@@ -54,8 +54,9 @@ type Store struct {
 	term       *Term        // while this node is the primary; guarded by mu
 	createHeld atomic.Int32 // holds on every database in force: no new database meanwhile
 
-	haltWaiting atomic.Int64    // HALT lock requests waiting
-	haltEnds    [4]atomic.Int64 // HALT grants ended, by HaltEndReasons
+	haltWaiting  atomic.Int64    // HALT lock requests waiting
+	holdsWaiting atomic.Int64    // write holds (handoffs, imports, grants) waiting for writers
+	haltEnds     [4]atomic.Int64 // HALT grants ended, by HaltEndReasons
 
 	stop chan struct{}
 	wg   sync.WaitGroup

@@ -271,6 +271,8 @@ func (t *Term) HoldWrites(ctx context.Context, names ...string) (*Hold, error) {
 func (t *Term) hold(ctx context.Context, owner rangelock.Owner, dbs []*DB) (*Hold, error) {
 	ctx, cancel := t.bind(ctx)
 	defer cancel()
+	t.store.holdsWaiting.Add(1)
+	defer t.store.holdsWaiting.Add(-1)
 	h := &Hold{term: t, owner: owner}
 	for _, db := range dbs {
 		if err := db.holdWrites(ctx, owner); err != nil {
