@@ -43,6 +43,7 @@ type Options struct {
 
 // Server is a mounted filesystem.
 type Server struct {
+	ctx     context.Context // base of the contexts of requests that wait
 	dir     string
 	conn    *bfuse.Conn
 	store   *store.Store
@@ -67,8 +68,9 @@ type Server struct {
 }
 
 // Mount mounts the store's databases at dir and starts serving requests.
-// A stale mount left by a crashed daemon is cleaned up first.
-func Mount(dir string, st *store.Store, opts Options) (*Server, error) {
+// A stale mount left by a crashed daemon is cleaned up first. The
+// contexts of requests that wait derive from ctx.
+func Mount(ctx context.Context, dir string, st *store.Store, opts Options) (*Server, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
@@ -92,6 +94,7 @@ func Mount(dir string, st *store.Store, opts Options) (*Server, error) {
 		return nil, fmt.Errorf("mount %s: %w", dir, err)
 	}
 	s := &Server{
+		ctx:      ctx,
 		dir:      dir,
 		conn:     conn,
 		store:    st,
@@ -113,7 +116,7 @@ func Mount(dir string, st *store.Store, opts Options) (*Server, error) {
 	st.SetInvalidator(s)
 	go s.serve()
 	if err := s.disablePoll(); err != nil {
-		_ = s.Unmount(context.Background())
+		_ = s.Unmount(ctx)
 		return nil, fmt.Errorf("mount %s: %w", dir, err)
 	}
 	return s, nil
@@ -242,7 +245,7 @@ func opName(req bfuse.Request) string {
 // goAsync runs fn on its own goroutine with a context that an interrupt
 // from the kernel cancels.
 func (s *Server) goAsync(req bfuse.Request, fn func(ctx context.Context)) {
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(s.ctx)
 	id := req.Hdr().ID
 	s.mu.Lock()
 	s.inflight[id] = cancel

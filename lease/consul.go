@@ -189,6 +189,7 @@ func (c *Consul) Acquire(ctx context.Context) (Lease, error) {
 	}
 	l := &consulLease{
 		c:       c,
+		base:    context.WithoutCancel(ctx),
 		session: id,
 		epoch:   pair.ModifyIndex,
 		expires: sent.Add(c.opts.TTL),
@@ -272,6 +273,7 @@ func (c *Consul) WaitChange(ctx context.Context, current PrimaryInfo) error {
 // closed, handed off or lost.
 type consulLease struct {
 	c       *Consul
+	base    context.Context // renewals and the release carry its values, not its cancellation
 	session string
 	epoch   uint64 // the key's ModifyIndex when the lock was taken
 
@@ -317,7 +319,7 @@ func (l *consulLease) keepAlive() {
 		deadline.Stop()
 
 		sent := time.Now()
-		ctx, cancel := context.WithDeadline(context.Background(), expires)
+		ctx, cancel := context.WithDeadline(l.base, expires)
 		entry, _, err := l.c.client.Session().Renew(l.session, (&api.WriteOptions{}).WithContext(ctx))
 		cancel()
 		if err != nil || entry == nil {
@@ -362,7 +364,7 @@ func (l *consulLease) Handoff(ctx context.Context, hostname string) error {
 func (l *consulLease) Close() error {
 	l.stopOnce.Do(func() { close(l.stop) })
 	defer l.end()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	ctx, cancel := context.WithTimeout(l.base, 2*time.Second)
 	defer cancel()
 	_, _, err := l.c.client.KV().Release(&api.KVPair{Key: l.c.opts.Key, Session: l.session}, (&api.WriteOptions{}).WithContext(ctx))
 	l.c.destroy(ctx, l.session)

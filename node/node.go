@@ -218,7 +218,7 @@ func (n *Node) campaigning() bool {
 // lead serves a term as primary until the lease ends or ctx ends.
 func (n *Node) lead(ctx context.Context, l lease.Lease) {
 	epoch := l.Epoch()
-	term, err := n.cfg.Store.BeginTerm(store.TermOptions{Epoch: epoch, HaltTTL: n.cfg.HaltTTL, Clock: n.cfg.Clock})
+	term, err := n.cfg.Store.BeginTerm(ctx, store.TermOptions{Epoch: epoch, HaltTTL: n.cfg.HaltTTL, Clock: n.cfg.Clock})
 	if err != nil {
 		n.logger.Error("cannot begin a term; giving the lease up", "epoch", epoch, "err", err)
 		l.Close()

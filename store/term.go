@@ -88,8 +88,9 @@ func isHoldOwner(o rangelock.Owner) bool {
 }
 
 // BeginTerm makes this node the primary for the term of opts.Epoch and
-// accepts local writes. It fails if a term is in progress.
-func (s *Store) BeginTerm(opts TermOptions) (*Term, error) {
+// accepts local writes. It fails if a term is in progress. The term's
+// waits carry ctx's values; only End cancels them.
+func (s *Store) BeginTerm(ctx context.Context, opts TermOptions) (*Term, error) {
 	if opts.Epoch == 0 {
 		return nil, errors.New("begin term: epoch 0")
 	}
@@ -99,7 +100,7 @@ func (s *Store) BeginTerm(opts TermOptions) (*Term, error) {
 	if opts.Clock == nil {
 		opts.Clock = clock.Real()
 	}
-	ctx, cancel := context.WithCancelCause(context.Background())
+	ctx, cancel := context.WithCancelCause(context.WithoutCancel(ctx))
 	t := &Term{
 		store:     s,
 		epoch:     opts.Epoch,

@@ -39,7 +39,7 @@ func newTermFixture(t *testing.T) *termFixture {
 		r.apply(m, b)
 	}
 	clk := clock.NewFake(time.Unix(1_700_000_000, 0))
-	term, err := r.st.BeginTerm(TermOptions{Epoch: 7, HaltTTL: testHaltTTL, Clock: clk})
+	term, err := r.st.BeginTerm(context.Background(), TermOptions{Epoch: 7, HaltTTL: testHaltTTL, Clock: clk})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -291,7 +291,7 @@ func TestTermEndEndsEverything(t *testing.T) {
 	if err := f.term.SetWritable(true); err == nil || f.r.st.Writable() {
 		t.Fatal("an ended term made the store writable")
 	}
-	if _, err := f.r.st.BeginTerm(TermOptions{Epoch: 8}); err != nil {
+	if _, err := f.r.st.BeginTerm(context.Background(), TermOptions{Epoch: 8}); err != nil {
 		t.Fatalf("the next term: %v", err)
 	}
 }

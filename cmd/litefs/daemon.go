@@ -129,7 +129,17 @@ func (d *daemon) open(ctx context.Context) error {
 		d.node.Run(rctx)
 	}()
 
-	srv, err := fuse.Mount(d.cfg.FUSE.Dir, st, fuse.Options{
+	if d.leaser.Type() == "static" && d.leaser.Candidate() {
+		// A static candidate is the primary from the start: its term
+		// begins before the mount takes its first request.
+		select {
+		case <-d.node.Ready():
+		case <-ctx.Done():
+			d.close(ctx)
+			return ctx.Err()
+		}
+	}
+	srv, err := fuse.Mount(context.WithoutCancel(ctx), d.cfg.FUSE.Dir, st, fuse.Options{
 		Observe:    d.http.ObserveFUSE,
 		AllowOther: d.cfg.FUSE.AllowOther,
 		Debug:      d.cfg.FUSE.Debug,

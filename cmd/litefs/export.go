@@ -27,7 +27,13 @@ func runExport(args []string) error {
 		return errors.New("export: usage: litefs export -name DB PATH")
 	}
 	path := fs.Arg(0)
-	resp, err := http.Get(*u + "/export?name=" + url.QueryEscape(*name))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, *u+"/export?name="+url.QueryEscape(*name), nil)
+	if err != nil {
+		return fmt.Errorf("export: %w", err)
+	}
+	resp, err := lhttp.NewAPIClient().HTTP.Do(req)
 	if err != nil {
 		return fmt.Errorf("export: %w", err)
 	}
