@@ -173,6 +173,11 @@ func (n *Node) promote(ctx context.Context, req lhttp.PromoteRequest) error {
 		return fmt.Errorf("promote: %w: this node follows epoch %d, the request is from epoch %d", store.ErrStaleEpoch, primary.Epoch, req.Epoch)
 	}
 	start := n.cfg.Clock.Now()
+	// Asked to take over: the delay after this node's own last handoff
+	// no longer holds it back.
+	n.mu.Lock()
+	n.quietUntil = time.Time{}
+	n.mu.Unlock()
 	hreq := lhttp.HandoffRequest{Hostname: n.cfg.Hostname, Epoch: primary.Epoch}
 	resp, err := n.cfg.Transport.Handoff(ctx, primary.AdvertiseURL, hreq)
 	if err != nil {

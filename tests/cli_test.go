@@ -161,13 +161,26 @@ func TestRetention(t *testing.T) {
 	n := testutil.StartNode(t, testutil.NodeConfig{Retention: time.Second, RetentionMonitorInterval: 100 * time.Millisecond})
 	conn := testutil.OpenDB(t, n.Path("r.db"), "WAL")
 	testutil.Exec(t, conn, "CREATE TABLE t (v)")
-	// Spread commits over a few seconds so that segments get sealed.
-	for i := 0; i < 30; i++ {
+	// Spread commits over time until the log has sealed a segment (it
+	// seals them by age) and begun the next, so that retention has one to
+	// prune.
+	sealed := func() bool {
+		segs, err := filepath.Glob(filepath.Join(n.LogDir("r.db"), "*.ltxs"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(segs) >= 2
+	}
+	deadline := time.Now().Add(syncTimeout)
+	for !sealed() {
+		if time.Now().After(deadline) {
+			t.Fatal("the log sealed no segment")
+		}
 		testutil.Exec(t, conn, "INSERT INTO t VALUES (randomblob(100))")
 		time.Sleep(100 * time.Millisecond)
 	}
 	pos := n.Pos(t, "r.db")
-	deadline := time.Now().Add(15 * time.Second)
+	deadline = time.Now().Add(15 * time.Second)
 	for {
 		l, err := ltx.OpenLog(n.LogDir("r.db"), ltx.Options{ReadOnly: true})
 		if err != nil {

@@ -4,11 +4,13 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -216,27 +218,143 @@ func TestConsulElectionAndFailover(t *testing.T) {
 		t.Fatalf("old primary has %d rows after rejoining, want 52", len(rows))
 	}
 
-	// With both candidates gone, the non-candidate stays a replica.
+	// With both candidates gone, the non-candidate stays a replica: once
+	// Consul has freed the lease and it can be taken, it stays free.
 	p.Kill(t)
 	next.Kill(t)
-	time.Sleep(2*testTTL + testLockDelay + time.Second)
-	info, err := getInfo(n3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if info.IsPrimary {
+	watchLeaseFree(t, c, n3)
+	if apiInfo(t, n3).IsPrimary {
 		t.Fatal("the non-candidate took the lease")
 	}
 	if err := tryWrite(n3, "db", "orphan"); err == nil {
 		t.Fatal("a write on the non-candidate succeeded with no primary")
 	}
-	if n3.LogContains("primary lease acquired") {
-		t.Fatal("the non-candidate logged acquiring the lease")
+	if terms := metricNow(t, n3, "litefs_terms_total"); terms != 0 {
+		t.Fatalf("the non-candidate held %v terms as primary", terms)
+	}
+}
+
+// leaseWatch is how long a free lease is watched for a node taking it
+// that must not: many times the nodes' reconnect-delay (200ms), the
+// interval at which a node without a primary looks at the lease again.
+const leaseWatch = time.Second
+
+// watchLeaseFree waits until Consul has freed the lease of the test's key
+// (its holder's session invalidated) and its lock delay is over, which a
+// session of the test's own proves by taking the key for a moment. Then it
+// watches the key for leaseWatch, failing if any session takes it. A
+// session of nonCandidate holding the key fails the test at once.
+func watchLeaseFree(t *testing.T, c *testutil.Consul, nonCandidate *testutil.Node) {
+	t.Helper()
+	var probe struct{ ID string }
+	consulDo(t, c, "PUT", "/v1/session/create", `{"Name":"test-probe","LockDelay":"0s","Behavior":"delete"}`, &probe)
+	destroy := "/v1/session/destroy/" + probe.ID
+	t.Cleanup(func() { // if the test fails first; a no-op otherwise
+		if req, err := http.NewRequest("PUT", c.URL()+destroy, nil); err == nil {
+			if resp, err := http.DefaultClient.Do(req); err == nil {
+				resp.Body.Close()
+			}
+		}
+	})
+	key := "/v1/kv/" + consulKey(t)
+	checkHolder := func(session string) {
+		t.Helper()
+		var infos []struct{ Name string }
+		consulDo(t, c, "GET", "/v1/session/info/"+session, "", &infos)
+		if len(infos) > 0 && infos[0].Name == "litefs-"+nonCandidate.Config.Name {
+			t.Fatalf("the non-candidate %s holds the lease", nonCandidate.Config.Name)
+		}
+	}
+	waitUntil(t, failoverLimit, "the lease freed by Consul and past its lock delay", func() bool {
+		if session, _ := leaseHolder(t, c, 0, 0); session != "" {
+			checkHolder(session) // the dead primary's, until Consul invalidates it
+			return false
+		}
+		var ok bool
+		consulDo(t, c, "PUT", key+"?acquire="+probe.ID, "", &ok)
+		return ok // false within the lock delay
+	})
+	// Ending the probe session deletes the key, as the lease's own do, and
+	// leaves no lock delay (it has none).
+	consulDo(t, c, "PUT", destroy, "", nil)
+	_, index := leaseHolder(t, c, 0, 0)
+	for end := time.Now().Add(leaseWatch); ; {
+		wait := time.Until(end)
+		if wait < time.Millisecond {
+			return
+		}
+		var session string
+		session, index = leaseHolder(t, c, index, wait)
+		if session != "" {
+			checkHolder(session)
+			t.Fatalf("session %s took the lease with no candidate running", session)
+		}
+	}
+}
+
+// leaseHolder reads the test's lease key from Consul: the session holding
+// it ("" when free) and the index of the answer. With index > 0 it is a
+// blocking query: it answers when the key changes, or after wait.
+func leaseHolder(t *testing.T, c *testutil.Consul, index uint64, wait time.Duration) (string, uint64) {
+	t.Helper()
+	url := c.URL() + "/v1/kv/" + consulKey(t)
+	if index > 0 {
+		url += fmt.Sprintf("?index=%d&wait=%dms", index, wait.Milliseconds())
+	}
+	client := http.Client{Timeout: wait + 10*time.Second}
+	resp, err := client.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	next, err := strconv.ParseUint(resp.Header.Get("X-Consul-Index"), 10, 64)
+	if err != nil {
+		t.Fatalf("consul answered %s without an index: %v", url, err)
+	}
+	switch resp.StatusCode {
+	case http.StatusNotFound:
+		return "", next
+	case http.StatusOK:
+		var pairs []struct{ Session string }
+		if err := json.NewDecoder(resp.Body).Decode(&pairs); err != nil {
+			t.Fatal(err)
+		}
+		if len(pairs) == 0 {
+			return "", next
+		}
+		return pairs[0].Session, next
+	}
+	t.Fatalf("GET %s: %s", url, resp.Status)
+	return "", 0
+}
+
+// consulDo sends a request to Consul's HTTP API and decodes its JSON
+// answer into out, unless out is nil.
+func consulDo(t *testing.T, c *testutil.Consul, method, path, body string, out any) {
+	t.Helper()
+	req, err := http.NewRequest(method, c.URL()+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := http.Client{Timeout: 10 * time.Second}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("%s %s: %s %s", method, path, resp.Status, b)
+	}
+	if out != nil {
+		if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+			t.Fatalf("%s %s: %v", method, path, err)
+		}
 	}
 }
 
 // TestConsulDivergedPrimaryRejoins: a transaction the primary committed
-// but never replicated is discarded, and logged, when it rejoins a cluster
+// but never replicated is discarded, and counted, when it rejoins a cluster
 // that moved on without it.
 func TestConsulDivergedPrimaryRejoins(t *testing.T) {
 	c := testutil.StartConsul(t)
@@ -253,6 +371,7 @@ func TestConsulDivergedPrimaryRejoins(t *testing.T) {
 	// The replicas go away; the primary commits alone, then dies.
 	b.Stop(t)
 	n3.Stop(t)
+	sharedPos := a.Pos(t, "db")
 	if err := tryWrite(a, "db", "lost"); err != nil {
 		t.Fatal(err)
 	}
@@ -278,10 +397,14 @@ func TestConsulDivergedPrimaryRejoins(t *testing.T) {
 	if rows["lost"] || !rows["new-primary"] || len(rows) != 21 {
 		t.Fatalf("rejoined node has rows %v", rows)
 	}
-	want := fmt.Sprintf("txids=%s-%s", lostPos.TXID, lostPos.TXID)
-	a.WaitLog(t, "discarded local transactions", 10*time.Second)
-	if !a.LogContains(want) {
-		t.Fatalf("the rejoined node's log does not name the discarded transaction (%s)", want)
+	// The snapshot that replaced a's database counted the transactions it
+	// discarded: those after the shared position, up to the lost one.
+	waitUntil(t, 10*time.Second, "a counting the snapshot it installed on rejoining", func() bool {
+		return dbCounter(t, a, "litefs_replica_snapshots_applied_total", "db") >= 1
+	})
+	want := float64(lostPos.TXID - sharedPos.TXID)
+	if got := dbCounter(t, a, "litefs_replica_discarded_transactions_total", "db"); got != want {
+		t.Fatalf("the rejoined node counts %v discarded transactions, want %v (%s-%s)", got, want, sharedPos.TXID+1, lostPos.TXID)
 	}
 }
 
@@ -302,7 +425,12 @@ func TestConsulHandoffUnderLoad(t *testing.T) {
 			mu    sync.Mutex
 			acked []string
 		)
+		var attempts atomic.Int64 // writes tried and answered, either way
 		wg.Add(1)
+		defer func() { // on every way out, failures included
+			stop.Store(true)
+			wg.Wait()
+		}()
 		go func() {
 			defer wg.Done()
 			conn, err := sql.Open("sqlite3", "file:"+from.Path("db")+"?_busy_timeout=5000")
@@ -319,16 +447,25 @@ func TestConsulHandoffUnderLoad(t *testing.T) {
 					acked = append(acked, v)
 					mu.Unlock()
 				}
+				attempts.Add(1)
 			}
 		}()
-		time.Sleep(300 * time.Millisecond)
+		// The handoff starts with the writer under way.
+		waitUntil(t, syncTimeout, "the writer's first writes on "+from.Config.Name, func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return len(acked) >= 20
+		})
 		out, code := runLiteFS(t, args...)
 		if code != 0 {
-			stop.Store(true)
-			wg.Wait()
 			t.Fatalf("litefs %s: exit %d\n%s", strings.Join(args, " "), code, out)
 		}
-		time.Sleep(200 * time.Millisecond)
+		// The writer keeps trying until a write of its own began and
+		// ended after the handoff.
+		tried := attempts.Load()
+		waitUntil(t, syncTimeout, "a write tried on "+from.Config.Name+" after the handoff", func() bool {
+			return attempts.Load() >= tried+2
+		})
 		stop.Store(true)
 		wg.Wait()
 		if p := waitPrimary(t, nodes, failoverLimit); p != to {
@@ -386,6 +523,10 @@ func TestConsulOutage(t *testing.T) {
 		probeErr error
 	)
 	wg.Add(1)
+	defer func() { // on every way out, failures included
+		stop.Store(true)
+		wg.Wait()
+	}()
 	go func() {
 		defer wg.Done()
 		for round := 0; !stop.Load(); round++ {
@@ -410,17 +551,25 @@ func TestConsulOutage(t *testing.T) {
 		}
 	}()
 
-	time.Sleep(time.Second)
+	// The outage begins once the probe has seen the primary accept writes.
+	waitUntil(t, syncTimeout, "the probe's first accepted writes", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(accepted) >= 5
+	})
 	c.Stop()
 	// The primary must step down once its TTL runs out without renewal.
-	deadline := time.Now().Add(testTTL + 5*time.Second)
-	for !p.LogContains("primary lease expired") && !p.LogContains("primary lease lost") {
-		if time.Now().After(deadline) {
-			t.Fatal("the primary did not step down with Consul gone past the TTL")
-		}
-		time.Sleep(50 * time.Millisecond)
+	waitUntil(t, testTTL+5*time.Second, "the primary stepping down with Consul gone past the TTL", func() bool {
+		info, err := getInfo(p)
+		return err == nil && !info.IsPrimary
+	})
+	// The probe goes through rounds with the primary stepped down.
+	waitRounds := func() {
+		t.Helper()
+		from := rounds.Load()
+		waitUntil(t, syncTimeout, "two more probe rounds", func() bool { return rounds.Load() >= from+2 })
 	}
-	time.Sleep(time.Second)
+	waitRounds()
 	for _, n := range nodes {
 		if err := tryWrite(n, "db", "during-outage-"+n.Config.Name); err == nil {
 			t.Fatalf("%s accepts writes with Consul down past the TTL", n.Config.Name)
@@ -429,14 +578,23 @@ func TestConsulOutage(t *testing.T) {
 
 	c.Start()
 	np := waitPrimary(t, nodes, failoverLimit)
-	deadline = time.Now().Add(failoverLimit)
+	deadline := time.Now().Add(failoverLimit)
 	for tryWrite(np, "db", "after-outage") != nil {
 		if time.Now().After(deadline) {
 			t.Fatal("the new primary does not accept writes")
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	time.Sleep(500 * time.Millisecond)
+	// The probe goes on until the new primary has accepted its writes too.
+	mu.Lock()
+	before := len(accepted)
+	mu.Unlock()
+	waitUntil(t, syncTimeout, "the probe's writes accepted after the outage", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(accepted) > before
+	})
+	waitRounds()
 	stop.Store(true)
 	wg.Wait()
 	mu.Lock()

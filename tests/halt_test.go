@@ -75,6 +75,16 @@ func TestHaltWritesFromReplica(t *testing.T) {
 				}
 			}()
 
+			// primaryWrites waits until the primary's writer has committed
+			// again, between and after the replica's turns.
+			primaryWrites := func() {
+				t.Helper()
+				before := primaryRows.Load()
+				waitUntil(t, syncTimeout, "the primary's writer committing", func() bool {
+					return primaryRows.Load() > before || t.Failed()
+				})
+			}
+
 			rconn := testutil.OpenDB(t, replica.Path(name), mode)
 			const txns = 200
 			for round := 0; round < 2; round++ {
@@ -89,13 +99,13 @@ func TestHaltWritesFromReplica(t *testing.T) {
 				if err != nil {
 					t.Fatalf("writes under HALT on the replica: %v", err)
 				}
-				time.Sleep(50 * time.Millisecond)
+				primaryWrites()
 			}
 			// Without the lock, the replica refuses writes again.
 			if _, err := rconn.Exec("INSERT INTO t (origin, seq) VALUES ('unlocked', 0)"); err == nil {
 				t.Fatal("a write on the replica without the HALT lock succeeded")
 			}
-			time.Sleep(100 * time.Millisecond)
+			primaryWrites()
 			stop.Store(true)
 			wg.Wait()
 

@@ -74,6 +74,24 @@ func metricValue(t *testing.T, fams map[string]*dto.MetricFamily, name string, l
 	return 0
 }
 
+// dbCounter reads a per-database counter of a node: 0 while the node has
+// no sample of it for db (a counter that never moved is not exported).
+func dbCounter(t *testing.T, n *testutil.Node, name, db string) float64 {
+	t.Helper()
+	f := scrape(t, n)[name]
+	if f == nil {
+		return 0
+	}
+	for _, m := range f.Metric {
+		for _, l := range m.Label {
+			if l.GetName() == "db" && l.GetValue() == db {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	return 0
+}
+
 // TestMetrics scrapes a primary and a replica after a workload.
 func TestMetrics(t *testing.T) {
 	primary := testutil.StartNode(t, testutil.NodeConfig{Name: "primary"})

@@ -215,8 +215,13 @@ func TestReplicaCatchesUpFromLog(t *testing.T) {
 	}
 	replica.Start(t)
 	checkReplica(t, primary, replica, "c.db", "WAL")
-	if replica.LogContains("installed snapshot") {
-		t.Fatal("the replica was sent a snapshot although the log covered its position")
+	// The primary, which ran throughout, never sent one; the replica
+	// installed none since its restart.
+	if n := dbCounter(t, primary, "litefs_snapshots_total", "c.db"); n != 0 {
+		t.Fatalf("the primary sent %v snapshots although the log covered the replica's position", n)
+	}
+	if n := dbCounter(t, replica, "litefs_replica_snapshots_applied_total", "c.db"); n != 0 {
+		t.Fatalf("the replica installed %v snapshots although the log covered its position", n)
 	}
 }
 
@@ -232,18 +237,23 @@ func TestReplicaCatchesUpBySnapshot(t *testing.T) {
 	stoppedAt := replica.Pos(t, "s.db")
 	replica.Stop(t)
 
-	// Write for a while, so that segments are sealed and pruned.
-	for i := 0; i < 40; i++ {
+	// Write, spread over time (segments are sealed and pruned by age),
+	// until the changeset the replica needs next is pruned.
+	deadline := time.Now().Add(syncTimeout)
+	for !pruned(t, primary, "s.db", stoppedAt.TXID) {
+		if time.Now().After(deadline) {
+			t.Fatalf("s.db: changesets after %s were never pruned", stoppedAt.TXID)
+		}
 		testutil.Exec(t, conn, "INSERT INTO t (v) VALUES (randomblob(1000))")
 		time.Sleep(100 * time.Millisecond)
 	}
-	waitPruned(t, primary, "s.db", stoppedAt.TXID)
 
 	replica.Start(t)
 	checkReplica(t, primary, replica, "s.db", "DELETE")
-	if !replica.LogContains("installed snapshot") {
-		t.Fatal("the replica caught up without a snapshot, although its changesets were pruned")
-	}
+	// The replica counts a snapshot just after installing it.
+	waitUntil(t, syncTimeout, "the replica having installed a snapshot (its changesets were pruned)", func() bool {
+		return dbCounter(t, replica, "litefs_replica_snapshots_applied_total", "s.db") >= 1
+	})
 	// It keeps following after the snapshot.
 	testutil.Exec(t, conn, "INSERT INTO t (v) VALUES (x'01')")
 	checkReplica(t, primary, replica, "s.db", "DELETE")
@@ -273,23 +283,14 @@ func TestPrimaryRestart(t *testing.T) {
 	}
 }
 
-// waitPruned waits until the primary's log of db no longer holds txid.
-func waitPruned(t *testing.T, n *testutil.Node, db string, txid ltx.TXID) {
+// pruned reports whether n's log of db no longer holds the changeset
+// after txid.
+func pruned(t *testing.T, n *testutil.Node, db string, txid ltx.TXID) bool {
 	t.Helper()
-	deadline := time.Now().Add(syncTimeout)
-	for {
-		l, err := ltx.OpenLog(n.LogDir(db), ltx.Options{ReadOnly: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		base := l.Base()
-		l.Close()
-		if base.TXID > txid {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: changesets after %s were never pruned (base %s)", db, txid, base)
-		}
-		time.Sleep(100 * time.Millisecond)
+	l, err := ltx.OpenLog(n.LogDir(db), ltx.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
 	}
+	defer l.Close()
+	return l.Base().TXID > txid
 }
