@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -414,4 +415,71 @@ func TestImportWaitsForHalt(t *testing.T) {
 		t.Fatalf("primary rows after the import: %v", rows)
 	}
 	os.Remove(src)
+}
+
+// TestHaltCommitDoesNotStallMount: a replica's commit under HALT that
+// waits for a stalled primary holds up nothing else on the mount: another
+// database is read, and the status files answer, while the commit waits.
+// (Readers of the very pages being written wait in the kernel, which
+// locks a page while a write to it is in flight.)
+func TestHaltCommitDoesNotStallMount(t *testing.T) {
+	primary, replicas := haltClusterTTL(t, 1, haltTTLLong)
+	replica := replicas[0]
+	for _, name := range []string{"a.db", "b.db"} {
+		conn := testutil.OpenDB(t, primary.Path(name), "WAL")
+		testutil.Exec(t, conn, "CREATE TABLE t (v TEXT)")
+		testutil.Exec(t, conn, "INSERT INTO t VALUES ('x')")
+		replica.WaitPos(t, name, primary.Pos(t, name), syncTimeout)
+	}
+	aconn := testutil.OpenDB(t, replica.Path("a.db"), "WAL")
+	bconn := testutil.OpenDB(t, replica.Path("b.db"), "WAL")
+	lock, err := litefs.Halt(replica.Path("a.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer litefs.Unhalt(lock)
+	testutil.Exec(t, aconn, "INSERT INTO t VALUES ('before-stall')")
+
+	if err := primary.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	resumed := false
+	resume := func() {
+		if !resumed {
+			resumed = true
+			primary.Signal(syscall.SIGCONT)
+		}
+	}
+	defer resume()
+	committed := make(chan error, 1)
+	go func() {
+		_, err := aconn.Exec("INSERT INTO t VALUES ('during-stall')")
+		committed <- err
+	}()
+	// The commit cannot finish while the primary is stopped; reads of the
+	// other database, and of the status files, must.
+	for i := 0; i < 100; i++ {
+		if n := testutil.Count(t, bconn, "t"); n != 1 {
+			t.Fatalf("b.db has %d rows", n)
+		}
+	}
+	if got := readPrimaryFile(t, replica); got != "primary" {
+		t.Fatalf(".primary reads %q", got)
+	}
+	if _, err := os.ReadFile(replica.Path("a.db-pos")); err != nil {
+		t.Fatalf("a.db-pos during the commit: %v", err)
+	}
+	select {
+	case err := <-committed:
+		t.Fatalf("the commit returned (%v) while the primary was stopped", err)
+	default:
+	}
+	resume()
+	if err := <-committed; err != nil {
+		t.Fatalf("the commit after the primary resumed: %v", err)
+	}
+	checkReplica(t, primary, replica, "a.db", "")
+	if rows := rowSet(t, primary, "a.db"); !rows["during-stall"] {
+		t.Fatalf("primary rows %v", rows)
+	}
 }
