@@ -28,6 +28,7 @@ type fakeLeaser struct {
 	leases  chan *fakeLease // what Acquire hands out; none: ErrPrimaryExists
 	primary lease.PrimaryInfo
 	changed chan struct{}
+	asked   chan struct{} // receives on every PrimaryInfo call, if set
 }
 
 func newFakeLeaser(candidate bool) *fakeLeaser {
@@ -53,6 +54,12 @@ func (f *fakeLeaser) Acquire(ctx context.Context) (lease.Lease, error) {
 func (f *fakeLeaser) PrimaryInfo(ctx context.Context) (lease.PrimaryInfo, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.asked != nil {
+		select {
+		case f.asked <- struct{}{}:
+		default:
+		}
+	}
 	if f.primary.AdvertiseURL == "" {
 		return lease.PrimaryInfo{}, lease.ErrNoPrimary
 	}
@@ -188,6 +195,7 @@ func newFixture(t *testing.T, candidate bool, epoch uint64, primary lease.Primar
 		Clock:          f.clk,
 		Logger:         slog.New(slog.NewTextHandler(io.Discard, nil)),
 		HandoffTimeout: 15 * time.Second,
+		DemoteDelay:    10 * time.Second,
 		OnRoleChange:   func(r Role) { f.roles <- r },
 	})
 	if epoch != 0 {
@@ -432,5 +440,46 @@ func TestNodeTermEndsBeforeFollowing(t *testing.T) {
 	}
 	if f.st.Writable() {
 		t.Fatal("writable after the term ended")
+	}
+}
+
+// TestNodeDemoteDelay: after handing its lease over, a node does not
+// campaign for lease.demote-delay, even when the lease is free.
+func TestNodeDemoteDelay(t *testing.T) {
+	f := newFixture(t, true, 5, lease.PrimaryInfo{})
+	f.lead()
+	req := lhttp.HandoffRequest{Hostname: "cand", Epoch: 5}
+	if _, err := f.node.beginHandoff(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	f.leaser.mu.Lock()
+	f.leaser.asked = make(chan struct{}, 1)
+	f.leaser.mu.Unlock()
+	if err := f.node.releaseHandoff(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	if r := f.role(); r.IsPrimary {
+		t.Fatal("still primary")
+	}
+	// The lease is free and would be granted, but the node keeps quiet.
+	f.leaser.leases <- newFakeLease(6)
+	f.leaser.setPrimary(lease.PrimaryInfo{})
+	for i := 0; i < 5; i++ {
+		<-f.leaser.asked // the node looked at the lease instead of campaigning
+		f.clk.Advance(time.Second)
+	}
+	if len(f.leaser.leases) != 1 {
+		t.Fatal("the node campaigned within its demote delay")
+	}
+	for leading := false; !leading; {
+		select {
+		case <-f.leaser.asked:
+			f.clk.Advance(time.Second)
+		case r := <-f.roles:
+			leading = r.IsPrimary && r.Epoch == 6
+		}
+	}
+	if f.clk.Now().Sub(time.Unix(1_700_000_000, 0)) < 10*time.Second {
+		t.Fatal("the node campaigned before its demote delay ran out")
 	}
 }

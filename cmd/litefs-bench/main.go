@@ -23,11 +23,12 @@ import (
 func main() {
 	binary := flag.String("litefs", "bin/litefs", "litefs binary to benchmark")
 	duration := flag.Duration("duration", 3*time.Second, "how long each write workload runs")
-	only := flag.String("only", "write,lag,snapshot,halt,lease", "which benchmarks to run")
+	only := flag.String("only", "write,lag,snapshot,halt,lease,faults,stall", "which benchmarks to run")
 	haltCycles := flag.Int("halt-cycles", 500, "HALT acquire + release cycles measured")
 	leaseRuns := flag.Int("lease-runs", 3, "failovers and handoffs measured")
 	leaseTTL := flag.Duration("lease-ttl", 10*time.Second, "lease.consul.ttl for the lease benchmark")
 	leaseLockDelay := flag.Duration("lease-lock-delay", time.Second, "lease.consul.lock-delay for the lease benchmark")
+	faultRuns := flag.Int("fault-runs", 3, "faults of each kind measured")
 	lagCommits := flag.Int("lag-commits", 1000, "commits measured for replication lag")
 	snapshotMiB := flag.Int64("snapshot-mib", 1024, "size of the database a new replica copies, in MiB")
 	workdir := flag.String("dir", "", "directory for data (default: a temporary directory)")
@@ -54,6 +55,10 @@ func main() {
 			runHaltBench(h, *haltCycles, *duration)
 		case "lease":
 			runLeaseBench(h, *leaseRuns, *leaseTTL, *leaseLockDelay)
+		case "faults":
+			runFaultsBench(h, *faultRuns, *leaseTTL, *leaseLockDelay)
+		case "stall":
+			runStallBench(h)
 		default:
 			h.Fatalf("unknown benchmark %q", b)
 		}

@@ -288,6 +288,9 @@ func (n *Node) Start(t T) {
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), "GORACE=halt_on_error=1")
+	// A test process that dies (a timeout, a signal) takes its nodes with
+	// it; the next run detaches the mounts they leave.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
