@@ -243,8 +243,9 @@ func (c *HaltClient) acquireFrom(ctx context.Context, base string, epoch uint64,
 		base:   base,
 		ref:    HaltRef{Name: name, ID: grant.ID, Epoch: grant.Epoch},
 		ttl:    time.Duration(grant.TTLMS) * time.Millisecond,
-		cancel: cancel,
-		stop:   make(chan struct{}),
+		cancel:  cancel,
+		stop:    make(chan struct{}),
+		watched: make(chan struct{}),
 	}
 	c.mu.Lock()
 	if c.closed || c.stopped {
@@ -338,6 +339,7 @@ type remoteHalt struct {
 	lost     error // set once the primary no longer holds the lock for us
 	released bool
 	stop     chan struct{} // closed when the lock ends, stopping keepAlive
+	watched  chan struct{} // closed when watch has read the grant's connection to its end
 }
 
 // end marks the lock over and reports whether this call did it.
@@ -376,6 +378,9 @@ func (h *remoteHalt) Lost() error {
 // watch reads the grant's connection until it ends: a line saying why the
 // primary ended the grant, or the end of the connection.
 func (h *remoteHalt) watch(body io.ReadCloser, dec *json.Decoder) {
+	defer close(h.watched)
+	// A connection read to its end goes back to the pool for the next
+	// lock.
 	defer body.Close()
 	var msg HaltResponse
 	err := dec.Decode(&msg)
@@ -439,6 +444,13 @@ func (h *remoteHalt) Release() {
 		defer cancel()
 		if err := h.c.post(ctx, h.base+"/halt/release", h.ref, nil); err != nil {
 			h.c.logger.Warn("release HALT lock on the primary", "db", h.ref.Name, "err", err)
+			return
+		}
+		// The primary ends the grant's answer now; reading it to its
+		// end keeps the connection for the next lock.
+		select {
+		case <-h.watched:
+		case <-ctx.Done():
 		}
 	})
 	if !started {

@@ -73,6 +73,8 @@ type DB struct {
 	halt          *localHalt    // the HALT lock taken through this mount
 	grant         *haltGrant    // the HALT lock granted to a replica, on the primary
 	pending       *Pending      // a commit waiting for the primary
+	fwdMu         sync.Mutex    // guards fwdReader; taken after mu, if both
+	fwdReader     *ltx.Reader   // reads the changesets of pending commits
 	damaged       error         // set when an apply failed half way, until one succeeds
 	closed        bool
 }
@@ -469,6 +471,7 @@ func (db *DB) closeLocked() error {
 		return nil
 	}
 	db.closed = true
+	db.closeForwardReader()
 	err := db.log.Close()
 	db.closeFiles()
 	db.notifyLocked()

@@ -91,15 +91,29 @@ func (p *Pending) resolve(ctx context.Context) error {
 	return p.publish()
 }
 
-// readRecord returns the encoded changeset txid from the log.
+// readRecord returns the encoded changeset txid from the log, through a
+// reader kept open for the next one.
 func (db *DB) readRecord(txid ltx.TXID) ([]byte, error) {
-	r := db.log.NewReader()
-	defer r.Close()
-	_, sr, err := r.Read(txid)
+	db.fwdMu.Lock()
+	defer db.fwdMu.Unlock()
+	if db.fwdReader == nil {
+		db.fwdReader = db.log.NewReader()
+	}
+	_, sr, err := db.fwdReader.Read(txid)
 	if err != nil {
 		return nil, err
 	}
 	return io.ReadAll(sr)
+}
+
+// closeForwardReader closes the reader of readRecord.
+func (db *DB) closeForwardReader() {
+	db.fwdMu.Lock()
+	defer db.fwdMu.Unlock()
+	if db.fwdReader != nil {
+		db.fwdReader.Close()
+		db.fwdReader = nil
+	}
 }
 
 // awaitPending waits until no commit of this database is waiting for the
