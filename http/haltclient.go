@@ -239,10 +239,10 @@ func (c *HaltClient) acquireFrom(ctx context.Context, base string, epoch uint64,
 		return fail(fmt.Errorf("halt %s: %w", name, context.Canceled))
 	}
 	h := &remoteHalt{
-		c:      c,
-		base:   base,
-		ref:    HaltRef{Name: name, ID: grant.ID, Epoch: grant.Epoch},
-		ttl:    time.Duration(grant.TTLMS) * time.Millisecond,
+		c:       c,
+		base:    base,
+		ref:     HaltRef{Name: name, ID: grant.ID, Epoch: grant.Epoch},
+		ttl:     time.Duration(grant.TTLMS) * time.Millisecond,
 		cancel:  cancel,
 		stop:    make(chan struct{}),
 		watched: make(chan struct{}),
