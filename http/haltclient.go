@@ -265,7 +265,11 @@ func (c *HaltClient) acquireFrom(ctx context.Context, base string, epoch uint64,
 		defer c.wg.Done()
 		h.keepAlive()
 	}()
-	if err := c.waitPos(ctx, name, grant.Pos); err != nil {
+	// The primary's writers wait meanwhile: a replica that cannot catch up
+	// gives the lock back rather than hold it.
+	wctx, wcancel := context.WithTimeout(ctx, haltRoundTimeout)
+	defer wcancel()
+	if err := c.waitPos(wctx, name, grant.Pos); err != nil {
 		h.Release()
 		return nil, err
 	}

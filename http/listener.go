@@ -10,10 +10,11 @@ import (
 
 // listener is an HTTP server on one address: the node's API or the proxy.
 type listener struct {
-	name string // names the server in errors
-	addr string
-	ln   net.Listener
-	srv  *http.Server
+	name   string // names the server in errors
+	addr   string
+	ln     net.Listener
+	srv    *http.Server
+	cancel context.CancelFunc // ends the requests' base context, if set
 }
 
 // Listen opens the listening socket.
@@ -40,6 +41,9 @@ func (l *listener) Serve() error {
 // Shutdown stops the server; connections still open when ctx ends (long
 // replication streams, say) are closed.
 func (l *listener) Shutdown(ctx context.Context) error {
+	if l.cancel != nil {
+		l.cancel()
+	}
 	err := l.srv.Shutdown(ctx)
 	if err != nil {
 		l.srv.Close()

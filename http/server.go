@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/pprof"
 	"strconv"
@@ -51,8 +52,11 @@ type Server struct {
 	metrics *metrics
 }
 
-// NewServer returns a server of st's API; call Listen, then Serve.
-func NewServer(st *store.Store, opts ServerOptions) *Server {
+// NewServer returns a server of st's API; call Listen, then Serve. Every
+// request's context derives from ctx, and is cancelled when Shutdown
+// begins, so that long-lived answers (the event stream, a HALT grant's
+// connection) end with the server.
+func NewServer(ctx context.Context, st *store.Store, opts ServerOptions) *Server {
 	if opts.HeartbeatInterval <= 0 {
 		opts.HeartbeatInterval = DefaultHeartbeatInterval
 	}
@@ -76,11 +80,13 @@ func NewServer(st *store.Store, opts ServerOptions) *Server {
 	s.mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	s.mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	s.mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	s.listener = listener{name: "http", addr: opts.Addr}
+	base, cancel := context.WithCancel(ctx)
+	s.listener = listener{name: "http", addr: opts.Addr, cancel: cancel}
 	s.srv = &http.Server{
 		Handler:           s,
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(opts.Logger.Handler(), slog.LevelDebug),
+		BaseContext:       func(net.Listener) context.Context { return base },
 	}
 	return s
 }

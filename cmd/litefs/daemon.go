@@ -69,7 +69,7 @@ func (d *daemon) open(ctx context.Context) error {
 		d.logger.Info("database ready", "db", db.Name(), "pos", db.Pos().String())
 	}
 
-	d.http = lhttp.NewServer(st, lhttp.ServerOptions{
+	d.http = lhttp.NewServer(ctx, st, lhttp.ServerOptions{
 		Addr:            d.cfg.HTTP.Addr,
 		SnapshotTimeout: d.snapshotTimeout(),
 		ValidateImport:  sqlcheck.Check,
