@@ -131,22 +131,28 @@ func (s *Server) write(r *bfuse.WriteRequest) {
 		return
 	}
 	k, err := n.db.WriteAt(n.kind, r.Data, r.Offset)
-	s.reply(r, "write", n.name, err, func() { r.Respond(&bfuse.WriteResponse{Size: k}) })
+	if err != nil {
+		if p := store.PendingOf(err); p != nil {
+			s.awaitWrite(r, n.name, p, k)
+			return
+		}
+		s.fail(r, "write", n.name, err)
+		return
+	}
+	r.Respond(&bfuse.WriteResponse{Size: k})
 }
 
-// reply answers a request that may have completed a transaction: at once,
-// or, when its commit waits for another node (store.Pending), from a
-// goroutine of its own once the answer comes, while the loop serves every
-// other request.
+// awaitWrite answers a write whose commit waits for another node. (A
+// function of its own, so that what it captures escapes only here.)
+func (s *Server) awaitWrite(r *bfuse.WriteRequest, name string, p *store.Pending, k int) {
+	s.await(r, "write", name, p, func() { r.Respond(&bfuse.WriteResponse{Size: k}) })
+}
+
+// reply answers a request that may have completed a transaction with ok,
+// or with its error; see await.
 func (s *Server) reply(r bfuse.Request, op, name string, err error, ok func()) {
 	if p := store.PendingOf(err); p != nil {
-		s.goAsync(r, func(ctx context.Context) {
-			if err := p.Wait(ctx); err != nil {
-				s.fail(r, op, name, err)
-				return
-			}
-			ok()
-		})
+		s.await(r, op, name, p, ok)
 		return
 	}
 	if err != nil {
@@ -154,6 +160,32 @@ func (s *Server) reply(r bfuse.Request, op, name string, err error, ok func()) {
 		return
 	}
 	ok()
+}
+
+// await answers a request whose commit waits for another node (a
+// store.Pending) from a goroutine of its own once the answer comes, while
+// the loop serves every other request.
+func (s *Server) await(r bfuse.Request, op, name string, p *store.Pending, ok func()) {
+	s.goAsync(r, func(ctx context.Context) {
+		if err := p.Wait(ctx); err != nil {
+			s.fail(r, op, name, err)
+			return
+		}
+		ok()
+	})
+}
+
+// respond answers a request that carries no data once err (possibly a
+// store.Pending) allows.
+func (s *Server) respond(r interface {
+	bfuse.Request
+	Respond()
+}, op, name string, err error) {
+	if err == nil {
+		r.Respond()
+		return
+	}
+	s.reply(r, op, name, err, r.Respond)
 }
 
 func (s *Server) fsync(r *bfuse.FsyncRequest) {
@@ -180,7 +212,7 @@ func (s *Server) fsync(r *bfuse.FsyncRequest) {
 func (s *Server) flush(r *bfuse.FlushRequest) {
 	if h := s.handleOf(r.Handle); h != nil && h.node.db != nil {
 		err := h.node.db.ReleaseOwner(h.node.kind, rangelock.Owner(r.LockOwner))
-		s.reply(r, "flush", h.node.name, err, r.Respond)
+		s.respond(r, "flush", h.node.name, err)
 		return
 	}
 	r.Respond()
@@ -195,7 +227,7 @@ func (s *Server) release(r *bfuse.ReleaseRequest) {
 	s.mu.Unlock()
 	if h != nil && h.node.db != nil {
 		err := h.node.db.ReleaseHandle(h.node.kind, uint64(r.Handle))
-		s.reply(r, "release", h.node.name, err, r.Respond)
+		s.respond(r, "release", h.node.name, err)
 		return
 	}
 	r.Respond()
@@ -237,22 +269,33 @@ func (s *Server) lock(r *bfuse.LockRequest) {
 		s.fail(r, "lock", "", err)
 		return
 	}
-	answer := func(ok bool, err error) {
-		switch {
-		case err != nil && store.PendingOf(err) == nil:
-			s.fail(r, "lock", n.name, err)
-		case !ok:
-			r.RespondError(syscall.EAGAIN)
-		default:
-			s.reply(r, "lock", n.name, err, r.Respond)
-		}
-	}
 	if n.kind == store.FileLock && req.Type == rangelock.Write {
-		// The HALT lock may be the primary's: a network round trip.
-		s.goAsync(r, func(ctx context.Context) { answer(n.db.LockHalt(ctx, req, false)) })
+		s.lockHalt(r, n, req) // may ask the primary: off the loop
 		return
 	}
-	answer(n.db.Lock(n.kind, req))
+	ok, err := n.db.Lock(n.kind, req)
+	s.answerLock(r, n, ok, err)
+}
+
+// lockHalt takes the HALT byte without waiting for other holders, on a
+// goroutine of its own: on a replica it is a round trip to the primary.
+func (s *Server) lockHalt(r *bfuse.LockRequest, n *node, req rangelock.Lock) {
+	s.goAsync(r, func(ctx context.Context) {
+		ok, err := n.db.LockHalt(ctx, req, false)
+		s.answerLock(r, n, ok, err)
+	})
+}
+
+// answerLock answers an F_SETLK request: EAGAIN when not granted.
+func (s *Server) answerLock(r *bfuse.LockRequest, n *node, ok bool, err error) {
+	switch {
+	case err != nil && store.PendingOf(err) == nil:
+		s.fail(r, "lock", n.name, err)
+	case !ok:
+		r.RespondError(syscall.EAGAIN)
+	default:
+		s.respond(r, "lock", n.name, err)
+	}
 }
 
 func (s *Server) unlock(r *bfuse.UnlockRequest) {
@@ -262,7 +305,7 @@ func (s *Server) unlock(r *bfuse.UnlockRequest) {
 		return
 	}
 	_, err = n.db.Lock(n.kind, req)
-	s.reply(r, "unlock", n.name, err, r.Respond)
+	s.respond(r, "unlock", n.name, err)
 }
 
 // lockWait tries the lock at once and, only if another owner holds it,
@@ -274,29 +317,29 @@ func (s *Server) lockWait(r *bfuse.LockWaitRequest) {
 		s.fail(r, "lock", "", err)
 		return
 	}
-	wait := func() {
-		s.goAsync(r, func(ctx context.Context) {
-			err := n.db.LockWait(ctx, n.kind, req)
-			if p := store.PendingOf(err); p != nil {
-				err = p.Wait(ctx)
-			}
-			if err != nil {
-				s.fail(r, "lock", n.name, err)
-				return
-			}
-			r.Respond()
-		})
+	if n.kind != store.FileLock {
+		ok, err := n.db.Lock(n.kind, req)
+		if err != nil || ok {
+			s.respond(r, "lock", n.name, err)
+			return
+		}
 	}
-	if n.kind == store.FileLock {
-		wait()
-		return
-	}
-	ok, err := n.db.Lock(n.kind, req)
-	if err != nil || ok {
-		s.reply(r, "lock", n.name, err, r.Respond)
-		return
-	}
-	wait()
+	s.waitLock(r, n, req)
+}
+
+// waitLock waits for a lock on a goroutine of its own.
+func (s *Server) waitLock(r *bfuse.LockWaitRequest, n *node, req rangelock.Lock) {
+	s.goAsync(r, func(ctx context.Context) {
+		err := n.db.LockWait(ctx, n.kind, req)
+		if p := store.PendingOf(err); p != nil {
+			err = p.Wait(ctx)
+		}
+		if err != nil {
+			s.fail(r, "lock", n.name, err)
+			return
+		}
+		r.Respond()
+	})
 }
 
 func (s *Server) queryLock(r *bfuse.QueryLockRequest) {
