@@ -27,7 +27,9 @@ test: deps consul
 	@scripts/check-tree.sh
 	$(GO) vet ./...
 	@unformatted="$$(gofmt -l .)"; if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
-	LITEFS_CONSUL="$$(scripts/install-consul.sh 2>/dev/null | tail -n1)" $(GO) test -race -timeout 25m ./...
+	# -count=1: the tests in tests/ run a litefs binary they build, whose
+	# sources the test cache does not see.
+	LITEFS_CONSUL="$$(scripts/install-consul.sh 2>/dev/null | tail -n1)" $(GO) test -race -count=1 -timeout 25m ./...
 
 bench: deps consul build
 	LITEFS_CONSUL="$$(scripts/install-consul.sh 2>/dev/null | tail -n1)" $(GO) run ./cmd/litefs-bench -litefs $(BIN)/litefs

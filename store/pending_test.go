@@ -50,9 +50,17 @@ func (h *fakeHalt) Lost() error {
 	return h.lost
 }
 
-type fakeHalter struct{ h *fakeHalt }
+type fakeHalter struct {
+	h      *fakeHalt
+	during func() // runs while the primary is being asked
+}
 
-func (f fakeHalter) Acquire(ctx context.Context, db string, wait bool) (Halt, error) { return f.h, nil }
+func (f fakeHalter) Acquire(ctx context.Context, db string, wait bool) (Halt, error) {
+	if f.during != nil {
+		f.during()
+	}
+	return f.h, nil
+}
 
 // haltedReplica is a replica holding the HALT lock on a database of four
 // pages in rollback-journal mode, with a fake primary.
@@ -63,7 +71,7 @@ func haltedReplica(t *testing.T) (*replica, *testDB, *fakeHalt) {
 	m, b := m.change(t, 4, 1)
 	r.apply(m, b)
 	h := newFakeHalt()
-	r.st.SetHalter(fakeHalter{h})
+	r.st.SetHalter(fakeHalter{h: h})
 	db := r.st.DB("db")
 	lock := rangelock.Lock{Owner: 0x77, Start: HaltByte, End: HaltByte, Type: rangelock.Write, Handle: 1}
 	if ok, err := db.LockHalt(context.Background(), lock, false); !ok || err != nil {
@@ -245,5 +253,33 @@ func TestApplyIOErrorKeepsChecksums(t *testing.T) {
 	db.mu.Unlock()
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestHaltGivenUpWhileAcquiring: a holder that closes its file while the
+// primary is being asked for the lock does not end up with a lock nobody
+// holds: the primary's lock goes back, and the database stays read-only.
+func TestHaltGivenUpWhileAcquiring(t *testing.T) {
+	r := newReplica(t, "db")
+	m := newTestDB(4096, 4)
+	m, b := m.change(t, 4, 1)
+	r.apply(m, b)
+	db := r.st.DB("db")
+	h := newFakeHalt()
+	const handle = 9
+	r.st.SetHalter(fakeHalter{h: h, during: func() { db.ReleaseHandle(FileLock, handle) }})
+	lock := rangelock.Lock{Owner: 0x77, Start: HaltByte, End: HaltByte, Type: rangelock.Write, Handle: handle}
+	ok, err := db.LockHalt(context.Background(), lock, false)
+	if ok || err == nil {
+		t.Fatalf("HALT lock given up while acquiring: granted=%v err=%v", ok, err)
+	}
+	h.mu.Lock()
+	released := h.released
+	h.mu.Unlock()
+	if !released {
+		t.Fatal("the primary's lock was kept for a holder that had gone")
+	}
+	if db.Halted() || db.Writable() {
+		t.Fatal("the database is writable with no HALT holder")
 	}
 }
