@@ -9,7 +9,7 @@ GO          ?= go
 BIN         := bin
 STATICCHECK := $(BIN)/staticcheck
 
-.PHONY: all build deps consul test bench demo lint clean
+.PHONY: all build deps consul etcd test bench demo lint clean
 
 all: build
 
@@ -23,16 +23,23 @@ deps:
 consul:
 	@scripts/install-consul.sh >/dev/null
 
-test: deps consul
+# The etcd server the etcd lease tests run against, fetched once and cached.
+etcd:
+	@scripts/install-etcd.sh >/dev/null
+
+# Where the tests and benchmarks find them.
+LEASE_ENV = LITEFS_CONSUL="$$(scripts/install-consul.sh 2>/dev/null | tail -n1)" LITEFS_ETCD="$$(scripts/install-etcd.sh 2>/dev/null | tail -n1)"
+
+test: deps consul etcd
 	@scripts/check-tree.sh
 	$(GO) vet ./...
 	@unformatted="$$(gofmt -l .)"; if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 	# -count=1: the tests in tests/ run a litefs binary they build, whose
 	# sources the test cache does not see.
-	LITEFS_CONSUL="$$(scripts/install-consul.sh 2>/dev/null | tail -n1)" $(GO) test -race -count=1 -timeout 25m ./...
+	$(LEASE_ENV) $(GO) test -race -count=1 -timeout 25m ./...
 
-bench: deps consul build
-	LITEFS_CONSUL="$$(scripts/install-consul.sh 2>/dev/null | tail -n1)" $(GO) run ./cmd/litefs-bench -litefs $(BIN)/litefs
+bench: deps consul etcd build
+	$(LEASE_ENV) $(GO) run ./cmd/litefs-bench -litefs $(BIN)/litefs
 
 demo: deps build
 	@scripts/demo.sh $(BIN)/litefs

@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/hashicorp/consul/api"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // ClusterIDFile is the file in the data directory that holds the ID of
@@ -39,32 +40,41 @@ func ValidateClusterID(id string) error {
 	return nil
 }
 
-// JoinCluster makes this node's data directory and Consul agree on the
-// cluster ID, kept at <key>/clusterid: the first node to start registers
-// one, later nodes adopt it, and a node whose data directory already
-// belongs to another cluster is refused with ErrClusterIDMismatch.
-func (c *Consul) JoinCluster(ctx context.Context, dataDir string) (string, error) {
+// clusterIDStore is where a lease keeps the cluster ID, beside its key.
+type clusterIDStore interface {
+	// getClusterID returns the registered ID, or "" if there is none.
+	getClusterID(ctx context.Context) (string, error)
+	// createClusterID registers id unless one is registered already, and
+	// reports whether it did.
+	createClusterID(ctx context.Context, id string) (bool, error)
+	// clusterIDKey names where the ID is kept, for messages.
+	clusterIDKey() string
+}
+
+// joinCluster makes this node's data directory and the lease store agree
+// on the cluster ID: the first node to start registers one, later nodes
+// adopt it, and a node whose data directory already belongs to another
+// cluster is refused with ErrClusterIDMismatch.
+func joinCluster(ctx context.Context, dataDir string, st clusterIDStore) (string, error) {
 	local, err := readClusterID(dataDir)
 	if err != nil {
 		return "", err
 	}
-	key := c.opts.Key + "/clusterid"
-	kv := c.client.KV()
+	key := st.clusterIDKey()
 	for {
-		pair, _, err := kv.Get(key, (&api.QueryOptions{}).WithContext(ctx))
+		remote, err := st.getClusterID(ctx)
 		if err != nil {
 			return "", fmt.Errorf("read cluster ID at %s: %w", key, err)
 		}
-		if pair != nil {
-			remote := strings.TrimSpace(string(pair.Value))
+		if remote != "" {
 			if err := ValidateClusterID(remote); err != nil {
-				return "", fmt.Errorf("consul key %s: %w", key, err)
+				return "", fmt.Errorf("%s: %w", key, err)
 			}
 			switch {
 			case local == "":
 				return remote, writeClusterID(dataDir, remote)
 			case local != remote:
-				return "", fmt.Errorf("%w: this node's data directory %s belongs to cluster %s, but consul key %s names cluster %s",
+				return "", fmt.Errorf("%w: this node's data directory %s belongs to cluster %s, but %s names cluster %s",
 					ErrClusterIDMismatch, dataDir, local, key, remote)
 			}
 			return local, nil
@@ -73,8 +83,7 @@ func (c *Consul) JoinCluster(ctx context.Context, dataDir string) (string, error
 		if id == "" {
 			id = NewClusterID()
 		}
-		// Register it unless another node got there first (CAS on index 0).
-		ok, _, err := kv.CAS(&api.KVPair{Key: key, Value: []byte(id), ModifyIndex: 0}, (&api.WriteOptions{}).WithContext(ctx))
+		ok, err := st.createClusterID(ctx, id)
 		if err != nil {
 			return "", fmt.Errorf("register cluster ID at %s: %w", key, err)
 		}
@@ -82,6 +91,56 @@ func (c *Consul) JoinCluster(ctx context.Context, dataDir string) (string, error
 			return id, writeClusterID(dataDir, id)
 		}
 	}
+}
+
+// JoinCluster makes this node's data directory and Consul agree on the
+// cluster ID, kept at <key>/clusterid.
+func (c *Consul) JoinCluster(ctx context.Context, dataDir string) (string, error) {
+	return joinCluster(ctx, dataDir, c)
+}
+
+func (c *Consul) clusterIDKey() string { return "consul key " + c.opts.Key + "/clusterid" }
+
+func (c *Consul) getClusterID(ctx context.Context) (string, error) {
+	pair, _, err := c.client.KV().Get(c.opts.Key+"/clusterid", (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil || pair == nil {
+		return "", err
+	}
+	return strings.TrimSpace(string(pair.Value)), nil
+}
+
+func (c *Consul) createClusterID(ctx context.Context, id string) (bool, error) {
+	// CAS on index 0: only if the key does not exist.
+	ok, _, err := c.client.KV().CAS(&api.KVPair{Key: c.opts.Key + "/clusterid", Value: []byte(id), ModifyIndex: 0}, (&api.WriteOptions{}).WithContext(ctx))
+	return ok, err
+}
+
+// JoinCluster makes this node's data directory and etcd agree on the
+// cluster ID, kept at <key>/clusterid.
+func (e *Etcd) JoinCluster(ctx context.Context, dataDir string) (string, error) {
+	return joinCluster(ctx, dataDir, e)
+}
+
+func (e *Etcd) clusterIDKey() string { return "etcd key " + e.opts.Key + "/clusterid" }
+
+func (e *Etcd) getClusterID(ctx context.Context) (string, error) {
+	resp, err := e.client.Get(ctx, e.opts.Key+"/clusterid")
+	if err != nil || len(resp.Kvs) == 0 {
+		return "", err
+	}
+	return strings.TrimSpace(string(resp.Kvs[0].Value)), nil
+}
+
+func (e *Etcd) createClusterID(ctx context.Context, id string) (bool, error) {
+	key := e.opts.Key + "/clusterid"
+	txn, err := e.client.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, id)).
+		Commit()
+	if err != nil {
+		return false, err
+	}
+	return txn.Succeeded, nil
 }
 
 func readClusterID(dataDir string) (string, error) {

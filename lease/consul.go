@@ -59,9 +59,10 @@ func (c *Consul) Stats() (renewals, failures int64) {
 	return c.renewals.Load(), c.failures.Load()
 }
 
-// consulValue is the key's value: LiteFS's format, plus a handoff note
-// written when the lease is released in favour of a named node.
-type consulValue struct {
+// primaryRecord is the value of the lease's key: LiteFS's format, plus (in
+// Consul) a handoff note written when the lease is released in favour of a
+// named node.
+type primaryRecord struct {
 	Hostname     string `json:"hostname"`
 	AdvertiseURL string `json:"advertise-url"`
 	HandoffTo    string `json:"handoff-to,omitempty"`
@@ -150,7 +151,7 @@ func (c *Consul) Acquire(ctx context.Context) (Lease, error) {
 		if pair.Session != "" {
 			return nil, ErrPrimaryExists
 		}
-		var v consulValue
+		var v primaryRecord
 		if json.Unmarshal(pair.Value, &v) == nil && v.HandoffTo != "" && v.HandoffTo != c.opts.Hostname &&
 			time.Since(time.UnixMilli(v.HandoffAt)) < handoffWindow {
 			return nil, ErrPrimaryExists // handed to another node
@@ -168,7 +169,7 @@ func (c *Consul) Acquire(ctx context.Context) (Lease, error) {
 	if err != nil {
 		return nil, fmt.Errorf("consul lease: create session: %w", err)
 	}
-	value, _ := json.Marshal(consulValue{Hostname: c.opts.Hostname, AdvertiseURL: c.opts.AdvertiseURL})
+	value, _ := json.Marshal(primaryRecord{Hostname: c.opts.Hostname, AdvertiseURL: c.opts.AdvertiseURL})
 	ok, _, err := kv.Acquire(&api.KVPair{Key: c.opts.Key, Value: value, Session: id}, (&api.WriteOptions{}).WithContext(ctx))
 	if err != nil || !ok {
 		c.destroy(ctx, id)
@@ -230,7 +231,7 @@ func primaryOf(pair *api.KVPair) (PrimaryInfo, error) {
 	if pair == nil || pair.Session == "" {
 		return PrimaryInfo{}, ErrNoPrimary
 	}
-	var v consulValue
+	var v primaryRecord
 	if err := json.Unmarshal(pair.Value, &v); err != nil {
 		return PrimaryInfo{}, fmt.Errorf("consul lease: value of %s is not a primary's record: %w", pair.Key, err)
 	}
@@ -348,7 +349,7 @@ func (l *consulLease) keepAlive() {
 func (l *consulLease) Handoff(ctx context.Context, hostname string) error {
 	l.stopOnce.Do(func() { close(l.stop) })
 	defer l.end()
-	value, _ := json.Marshal(consulValue{HandoffTo: hostname, HandoffAt: time.Now().UnixMilli()})
+	value, _ := json.Marshal(primaryRecord{HandoffTo: hostname, HandoffAt: time.Now().UnixMilli()})
 	ok, _, err := l.c.client.KV().Release(&api.KVPair{Key: l.c.opts.Key, Value: value, Session: l.session}, (&api.WriteOptions{}).WithContext(ctx))
 	l.c.destroy(ctx, l.session)
 	if err != nil {

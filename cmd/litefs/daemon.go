@@ -234,13 +234,49 @@ func (d *daemon) newLeaser(ctx context.Context) (lease.Leaser, error) {
 			return nil, err
 		}
 		return c, nil
+	case "etcd":
+		ec := d.cfg.Lease.Etcd
+		opts := lease.EtcdOptions{
+			Endpoints:    ec.Endpoints,
+			Key:          ec.Key,
+			TTL:          ec.TTL,
+			Username:     ec.Username,
+			Password:     ec.Password,
+			Hostname:     hostname,
+			AdvertiseURL: advertise,
+			Candidate:    d.cfg.Lease.Candidate,
+			Logger:       d.logger,
+		}
+		if ec.TLS.Enabled() {
+			tc, err := lease.EtcdTLS(ec.TLS.CAFile, ec.TLS.CertFile, ec.TLS.KeyFile, ec.TLS.ServerName, ec.TLS.InsecureSkipVerify)
+			if err != nil {
+				return nil, err
+			}
+			opts.TLS = tc
+		}
+		e, err := lease.NewEtcd(opts)
+		if err != nil {
+			return nil, err
+		}
+		if err := d.joinCluster(ctx, e); err != nil {
+			e.Close()
+			return nil, err
+		}
+		return e, nil
 	}
 	return nil, fmt.Errorf("lease type %q is not supported", d.cfg.Lease.Type)
 }
 
-// joinCluster checks the cluster ID against Consul, waiting a while for an
-// agent that is not up yet. A mismatch is final.
-func (d *daemon) joinCluster(ctx context.Context, c *lease.Consul) error {
+// clusterJoiner is a lease that keeps a cluster ID beside its key.
+type clusterJoiner interface {
+	JoinCluster(ctx context.Context, dataDir string) (string, error)
+	Key() string
+	Type() string
+}
+
+// joinCluster checks the cluster ID against the lease store, waiting a
+// while for one that is not up yet. A mismatch is final.
+func (d *daemon) joinCluster(ctx context.Context, c clusterJoiner) error {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	for {
@@ -252,7 +288,7 @@ func (d *daemon) joinCluster(ctx context.Context, c *lease.Consul) error {
 		if errors.Is(err, lease.ErrClusterIDMismatch) || ctx.Err() != nil {
 			return err
 		}
-		d.logger.Warn("consul not reachable yet; retrying", "err", err)
+		d.logger.Warn(c.Type()+" not reachable yet; retrying", "err", err)
 		select {
 		case <-ctx.Done():
 			return err

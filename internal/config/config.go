@@ -6,6 +6,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -64,6 +65,7 @@ type LeaseConfig struct {
 	HaltTTL        time.Duration `yaml:"halt-ttl"`
 	Databases      []string      `yaml:"databases"`
 	Consul         ConsulConfig  `yaml:"consul"`
+	Etcd           EtcdConfig    `yaml:"etcd"`
 }
 
 // ConsulConfig is the Consul lease.
@@ -72,6 +74,32 @@ type ConsulConfig struct {
 	Key       string        `yaml:"key"`
 	TTL       time.Duration `yaml:"ttl"`
 	LockDelay time.Duration `yaml:"lock-delay"`
+}
+
+// EtcdConfig is the etcd lease.
+type EtcdConfig struct {
+	Endpoints []string      `yaml:"endpoints"`
+	Key       string        `yaml:"key"`
+	TTL       time.Duration `yaml:"ttl"`
+	Username  string        `yaml:"username"`
+	Password  string        `yaml:"password"`
+	TLS       EtcdTLSConfig `yaml:"tls"`
+}
+
+// EtcdTLSConfig secures the connection to etcd: the CA that signs the
+// members' certificates, and this node's client certificate, if etcd asks
+// for one.
+type EtcdTLSConfig struct {
+	CAFile             string `yaml:"ca-file"`
+	CertFile           string `yaml:"cert-file"`
+	KeyFile            string `yaml:"key-file"`
+	ServerName         string `yaml:"server-name"`
+	InsecureSkipVerify bool   `yaml:"insecure-skip-verify"`
+}
+
+// Enabled reports whether any TLS setting is given.
+func (t EtcdTLSConfig) Enabled() bool {
+	return t != EtcdTLSConfig{}
 }
 
 // LogConfig is the daemon's log output.
@@ -153,6 +181,7 @@ const (
 	DefaultRetentionMonitorInterval = 1 * time.Minute
 	DefaultConsulTTL                = 10 * time.Second
 	DefaultConsulLockDelay          = 1 * time.Second
+	DefaultEtcdTTL                  = 5 * time.Second
 	DefaultReconnectDelay           = 1 * time.Second
 	DefaultDemoteDelay              = 10 * time.Second
 	DefaultHaltTTL                  = 5 * time.Second
@@ -180,6 +209,7 @@ func New() Config {
 			DemoteDelay:    DefaultDemoteDelay,
 			HaltTTL:        DefaultHaltTTL,
 			Consul:         ConsulConfig{TTL: DefaultConsulTTL, LockDelay: DefaultConsulLockDelay},
+			Etcd:           EtcdConfig{TTL: DefaultEtcdTTL},
 		},
 		Log: LogConfig{Format: "text"},
 		Proxy: ProxyConfig{
@@ -277,10 +307,29 @@ func (c *Config) Validate() error {
 		if c.Lease.Consul.URL == "" {
 			return errors.New("lease.consul.url is required when lease.type is consul")
 		}
+	case "etcd":
+		e := c.Lease.Etcd
+		switch {
+		case len(e.Endpoints) == 0:
+			return errors.New("lease.etcd.endpoints (a list of client URLs) is required when lease.type is etcd")
+		case e.Key == "":
+			return errors.New("lease.etcd.key is required when lease.type is etcd")
+		case e.TTL < time.Second || e.TTL%time.Second != 0:
+			return fmt.Errorf("lease.etcd.ttl %s: etcd leases are whole seconds, at least 1s", e.TTL)
+		case (e.TLS.CertFile == "") != (e.TLS.KeyFile == ""):
+			return errors.New("lease.etcd.tls.cert-file and lease.etcd.tls.key-file go together")
+		case (e.Username == "") != (e.Password == ""):
+			return errors.New("lease.etcd.username and lease.etcd.password go together")
+		}
+		for _, ep := range e.Endpoints {
+			if u, err := url.Parse(ep); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+				return fmt.Errorf("invalid lease.etcd.endpoints entry %q: want http://host:port or https://host:port", ep)
+			}
+		}
 	case "":
-		return errors.New("lease.type is required: \"static\" or \"consul\"")
+		return errors.New("lease.type is required: \"static\", \"consul\" or \"etcd\"")
 	default:
-		return fmt.Errorf("invalid lease.type %q, must be \"static\" or \"consul\"", c.Lease.Type)
+		return fmt.Errorf("invalid lease.type %q, must be \"static\", \"consul\" or \"etcd\"", c.Lease.Type)
 	}
 	if c.Lease.Candidate && len(c.Lease.Databases) > 0 {
 		return errors.New("lease.databases (a replication filter) cannot be set on a candidate node")

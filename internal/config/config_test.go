@@ -136,6 +136,20 @@ lease:
     key: litefs/primary
     ttl: 15s
     lock-delay: 250ms
+  etcd:
+    endpoints:
+      - https://etcd-1:2379
+      - https://etcd-2:2379
+    key: litefs/etcd-primary
+    ttl: 3s
+    username: litefs
+    password: hunter2
+    tls:
+      ca-file: /etc/litefs/ca.pem
+      cert-file: /etc/litefs/client.pem
+      key-file: /etc/litefs/client-key.pem
+      server-name: etcd.internal
+      insecure-skip-verify: true
 
 log:
   format: json
@@ -210,6 +224,20 @@ func TestParseFull(t *testing.T) {
 				Key:       "litefs/primary",
 				TTL:       15 * time.Second,
 				LockDelay: 250 * time.Millisecond,
+			},
+			Etcd: EtcdConfig{
+				Endpoints: []string{"https://etcd-1:2379", "https://etcd-2:2379"},
+				Key:       "litefs/etcd-primary",
+				TTL:       3 * time.Second,
+				Username:  "litefs",
+				Password:  "hunter2",
+				TLS: EtcdTLSConfig{
+					CAFile:             "/etc/litefs/ca.pem",
+					CertFile:           "/etc/litefs/client.pem",
+					KeyFile:            "/etc/litefs/client-key.pem",
+					ServerName:         "etcd.internal",
+					InsecureSkipVerify: true,
+				},
 			},
 		},
 		Log: LogConfig{Format: "json", Timestamp: true, Debug: true},
@@ -586,7 +614,13 @@ func TestValidate(t *testing.T) {
 		{name: "consul without url", in: "lease:\n  type: consul\n  consul:\n    key: k\n", wantErr: "lease.consul.url"},
 		{name: "consul without either", in: "lease:\n  type: consul\n", wantErr: "lease.consul"},
 		{name: "missing lease.type", in: "fuse:\n  dir: /mnt\n", wantErr: "lease.type is required"},
-		{name: "bad lease.type", in: "lease:\n  type: etcd\n", wantErr: `invalid lease.type "etcd"`},
+		{name: "bad lease.type", in: "lease:\n  type: raft\n", wantErr: `invalid lease.type "raft"`},
+		{name: "etcd without endpoints", in: "lease:\n  type: etcd\n  etcd:\n    key: k\n", wantErr: `lease.etcd.endpoints`},
+		{name: "etcd without key", in: "lease:\n  type: etcd\n  etcd:\n    endpoints: [http://127.0.0.1:2379]\n", wantErr: `lease.etcd.key is required`},
+		{name: "etcd bad endpoint", in: "lease:\n  type: etcd\n  etcd:\n    endpoints: [127.0.0.1:2379]\n    key: k\n", wantErr: `invalid lease.etcd.endpoints entry "127.0.0.1:2379"`},
+		{name: "etcd fractional ttl", in: "lease:\n  type: etcd\n  etcd:\n    endpoints: [http://127.0.0.1:2379]\n    key: k\n    ttl: 1500ms\n", wantErr: `whole seconds`},
+		{name: "etcd cert without key", in: "lease:\n  type: etcd\n  etcd:\n    endpoints: [https://e:2379]\n    key: k\n    tls:\n      cert-file: c.pem\n", wantErr: `go together`},
+		{name: "etcd user without password", in: "lease:\n  type: etcd\n  etcd:\n    endpoints: [http://e:2379]\n    key: k\n    username: u\n", wantErr: `go together`},
 		{name: "lease.type case matters", in: "lease:\n  type: Static\n", wantErr: `invalid lease.type "Static"`},
 		{name: "log json", in: minimal + "log:\n  format: json\n"},
 		{name: "bad log.format", in: minimal + "log:\n  format: logfmt\n", wantErr: `invalid log.format "logfmt"`},
