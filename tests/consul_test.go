@@ -54,11 +54,11 @@ func consulKey(t *testing.T) string {
 	return "litefs/" + regexp.MustCompile(`[^A-Za-z0-9]+`).ReplaceAllString(t.Name(), "-")
 }
 
-// startConsulNode starts a node on the Consul lease.
-func startConsulNode(t *testing.T, c *testutil.Consul, name string, candidate bool) *testutil.Node {
+// startLeaseNode starts a node on the lease of ls.
+func startLeaseNode(t *testing.T, ls leaseStore, name string, candidate bool) *testutil.Node {
 	t.Helper()
 	n := testutil.NewNode(t, testutil.NodeConfig{Name: name})
-	n.WriteConfig(t, n.ConsulLease(c, consulKey(t), candidate, testTTL, testLockDelay))
+	n.WriteConfig(t, ls.leaseConfig(n, consulKey(t), candidate))
 	n.Start(t)
 	return n
 }
@@ -131,26 +131,33 @@ func rowSet(t *testing.T, n *testutil.Node, db string) map[string]bool {
 	return rowValues(t, conn)
 }
 
-// startConsulCluster starts candidate a, waits until it is the primary,
+// startLeaseCluster starts candidate a, waits until it is the primary,
 // then starts candidate b and non-candidate c.
-func startConsulCluster(t *testing.T, c *testutil.Consul) (a, b, n3 *testutil.Node) {
+func startLeaseCluster(t *testing.T, ls leaseStore) (a, b, n3 *testutil.Node) {
 	t.Helper()
-	a = startConsulNode(t, c, "a", true)
+	a = startLeaseNode(t, ls, "a", true)
 	if waitPrimary(t, []*testutil.Node{a}, failoverLimit) != a {
 		t.Fatal("a is not primary")
 	}
-	return a, startConsulNode(t, c, "b", true), startConsulNode(t, c, "c", false)
+	return a, startLeaseNode(t, ls, "b", true), startLeaseNode(t, ls, "c", false)
 }
 
-// TestConsulElectionAndFailover: three nodes elect one primary; its writes
+// startConsulCluster is startLeaseCluster on the Consul lease.
+func startConsulCluster(t *testing.T, c *testutil.Consul) (a, b, n3 *testutil.Node) {
+	t.Helper()
+	return startLeaseCluster(t, consulStore{c})
+}
+
+// TestLeaseElectionAndFailover: three nodes elect one primary; its writes
 // reach the others; when it is killed a caught-up candidate takes over and
 // the cluster converges; the old primary rejoins as a replica; the
 // non-candidate never becomes primary, even when it is the last one left.
-func TestConsulElectionAndFailover(t *testing.T) {
-	c := testutil.StartConsul(t)
-	a := startConsulNode(t, c, "a", true)
-	b := startConsulNode(t, c, "b", true)
-	n3 := startConsulNode(t, c, "c", false)
+func TestLeaseElectionAndFailover(t *testing.T) { forEachLease(t, testElectionAndFailover) }
+
+func testElectionAndFailover(t *testing.T, ls leaseStore) {
+	a := startLeaseNode(t, ls, "a", true)
+	b := startLeaseNode(t, ls, "b", true)
+	n3 := startLeaseNode(t, ls, "c", false)
 	nodes := []*testutil.Node{a, b, n3}
 
 	p := waitPrimary(t, nodes, failoverLimit)
@@ -219,10 +226,11 @@ func TestConsulElectionAndFailover(t *testing.T) {
 	}
 
 	// With both candidates gone, the non-candidate stays a replica: once
-	// Consul has freed the lease and it can be taken, it stays free.
+	// the lease store has freed the lease and it can be taken, it stays
+	// free.
 	p.Kill(t)
 	next.Kill(t)
-	watchLeaseFree(t, c, n3)
+	ls.watchFree(t, n3)
 	if apiInfo(t, n3).IsPrimary {
 		t.Fatal("the non-candidate took the lease")
 	}
@@ -353,12 +361,13 @@ func consulDo(t *testing.T, c *testutil.Consul, method, path, body string, out a
 	}
 }
 
-// TestConsulDivergedPrimaryRejoins: a transaction the primary committed
+// TestLeaseDivergedPrimaryRejoins: a transaction the primary committed
 // but never replicated is discarded, and counted, when it rejoins a cluster
 // that moved on without it.
-func TestConsulDivergedPrimaryRejoins(t *testing.T) {
-	c := testutil.StartConsul(t)
-	a, b, n3 := startConsulCluster(t, c)
+func TestLeaseDivergedPrimaryRejoins(t *testing.T) { forEachLease(t, testDivergedPrimaryRejoins) }
+
+func testDivergedPrimaryRejoins(t *testing.T, ls leaseStore) {
+	a, b, n3 := startLeaseCluster(t, ls)
 	createTable(t, a, "db")
 	for i := 0; i < 20; i++ {
 		if err := tryWrite(a, "db", fmt.Sprintf("shared-%d", i)); err != nil {
@@ -408,12 +417,13 @@ func TestConsulDivergedPrimaryRejoins(t *testing.T) {
 	}
 }
 
-// TestConsulHandoffUnderLoad: `litefs run -promote` moves the lease to a
+// TestLeaseHandoffUnderLoad: `litefs run -promote` moves the lease to a
 // candidate while a writer keeps writing to the primary; every write the
 // writer saw succeed is on the new primary. `litefs demote` moves it back.
-func TestConsulHandoffUnderLoad(t *testing.T) {
-	c := testutil.StartConsul(t)
-	a, b, n3 := startConsulCluster(t, c)
+func TestLeaseHandoffUnderLoad(t *testing.T) { forEachLease(t, testHandoffUnderLoad) }
+
+func testHandoffUnderLoad(t *testing.T, ls leaseStore) {
+	a, b, n3 := startLeaseCluster(t, ls)
 	nodes := []*testutil.Node{a, b, n3}
 	createTable(t, a, "db")
 	checkReplica(t, a, b, "db", "")
@@ -496,14 +506,15 @@ func TestConsulHandoffUnderLoad(t *testing.T) {
 	handoff(b, a, "demote", "-url", b.URL())
 }
 
-// TestConsulOutage: with Consul stopped past the TTL the primary steps
+// TestLeaseOutage: with the lease store stopped past the TTL the primary steps
 // down; while writes are tried on every node throughout, no two nodes
 // accept one in the same round, and every accepted write survives.
-func TestConsulOutage(t *testing.T) {
-	c := testutil.StartConsul(t)
-	a := startConsulNode(t, c, "a", true)
-	b := startConsulNode(t, c, "b", true)
-	n3 := startConsulNode(t, c, "c", false)
+func TestLeaseOutage(t *testing.T) { forEachLease(t, testOutage) }
+
+func testOutage(t *testing.T, ls leaseStore) {
+	a := startLeaseNode(t, ls, "a", true)
+	b := startLeaseNode(t, ls, "b", true)
+	n3 := startLeaseNode(t, ls, "c", false)
 	nodes := []*testutil.Node{a, b, n3}
 	p := waitPrimary(t, nodes, failoverLimit)
 	createTable(t, p, "db")
@@ -557,9 +568,9 @@ func TestConsulOutage(t *testing.T) {
 		defer mu.Unlock()
 		return len(accepted) >= 5
 	})
-	c.Stop()
+	ls.stop()
 	// The primary must step down once its TTL runs out without renewal.
-	waitUntil(t, testTTL+5*time.Second, "the primary stepping down with Consul gone past the TTL", func() bool {
+	waitUntil(t, testTTL+5*time.Second, "the primary stepping down with the lease store gone past the TTL", func() bool {
 		info, err := getInfo(p)
 		return err == nil && !info.IsPrimary
 	})
@@ -572,11 +583,11 @@ func TestConsulOutage(t *testing.T) {
 	waitRounds()
 	for _, n := range nodes {
 		if err := tryWrite(n, "db", "during-outage-"+n.Config.Name); err == nil {
-			t.Fatalf("%s accepts writes with Consul down past the TTL", n.Config.Name)
+			t.Fatalf("%s accepts writes with the lease store down past the TTL", n.Config.Name)
 		}
 	}
 
-	c.Start()
+	ls.start()
 	np := waitPrimary(t, nodes, failoverLimit)
 	deadline := time.Now().Add(failoverLimit)
 	for tryWrite(np, "db", "after-outage") != nil {
@@ -619,11 +630,12 @@ func TestConsulOutage(t *testing.T) {
 	t.Logf("%d probe rounds, %d writes accepted, all kept", rounds.Load(), len(accepted))
 }
 
-// TestConsulClusterIDMismatch: a node whose data directory belongs to
+// TestLeaseClusterIDMismatch: a node whose data directory belongs to
 // another cluster refuses to join.
-func TestConsulClusterIDMismatch(t *testing.T) {
-	c := testutil.StartConsul(t)
-	a := startConsulNode(t, c, "a", true)
+func TestLeaseClusterIDMismatch(t *testing.T) { forEachLease(t, testClusterIDMismatch) }
+
+func testClusterIDMismatch(t *testing.T, ls leaseStore) {
+	a := startLeaseNode(t, ls, "a", true)
 	waitPrimary(t, []*testutil.Node{a}, failoverLimit)
 	id, err := os.ReadFile(filepath.Join(a.DataDir, "clusterid"))
 	if err != nil {
@@ -631,7 +643,7 @@ func TestConsulClusterIDMismatch(t *testing.T) {
 	}
 
 	b := testutil.NewNode(t, testutil.NodeConfig{Name: "b"})
-	b.WriteConfig(t, b.ConsulLease(c, consulKey(t), true, testTTL, testLockDelay))
+	b.WriteConfig(t, ls.leaseConfig(b, consulKey(t), true))
 	if err := os.MkdirAll(b.DataDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
