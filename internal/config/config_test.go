@@ -875,6 +875,7 @@ func TestExampleFile(t *testing.T) {
 	want.Lease.Type = "static"
 	want.Exec = ExecConfigs{{Cmd: ""}}
 	want.Lease.Databases = []string{}
+	want.Lease.Etcd.Endpoints = []string{}
 	want.Proxy.Passthrough, want.Proxy.AlwaysForward = []string{}, []string{}
 	if !reflect.DeepEqual(c, want) {
 		t.Fatalf("litefs.yml.example does not match the defaults:\n got %+v\nwant %+v", c, want)
