@@ -183,8 +183,15 @@ func (r *Replicator) Stream(ctx context.Context, baseURL string, epoch uint64) e
 	r.setConnected(true)
 	defer r.setConnected(false)
 	r.logger.Info("connected to primary", "url", baseURL, "epoch", epoch)
-	var idled atomic.Bool
-	idle := time.AfterFunc(streamIdleTimeout, func() {
+	// A frame being applied may wait (for a commit of this node's that
+	// waits for the primary): that is not the stream being idle.
+	var idled, applying atomic.Bool
+	var idle *time.Timer
+	idle = time.AfterFunc(streamIdleTimeout, func() {
+		if applying.Load() {
+			idle.Reset(streamIdleTimeout)
+			return
+		}
 		idled.Store(true)
 		cancel()
 	})
@@ -198,7 +205,11 @@ func (r *Replicator) Stream(ctx context.Context, baseURL string, epoch uint64) e
 			}
 			return fmt.Errorf("stream from %s: %w", baseURL, err)
 		}
-		if err := r.handle(ctx, f, payload); err != nil {
+		applying.Store(true)
+		err = r.handle(ctx, f, payload)
+		applying.Store(false)
+		idle.Reset(streamIdleTimeout)
+		if err != nil {
 			if ctx.Err() == nil {
 				var pos ltx.Pos
 				if db := r.store.DB(f.Name); db != nil {

@@ -155,7 +155,7 @@ func TestHaltClientLosesLockOnNewPrimary(t *testing.T) {
 		t.Fatal("a primary in epoch 3 granted a lock for epoch 4")
 	}
 	var se *StatusError
-	if _, err := p.client.acquireFrom(ctx, p.srv.URL, 4, "db", false); !errors.As(err, &se) || se.Code != 409 {
+	if _, err := p.client.acquireFrom(ctx, p.srv.URL, 4, p.client.gen, "db", false); !errors.As(err, &se) || se.Code != 409 {
 		t.Fatalf("request for another term: %v, want 409", err)
 	}
 }

@@ -45,6 +45,7 @@ type HaltClient struct {
 	mu      sync.Mutex
 	halts   map[*remoteHalt]struct{}
 	changed chan struct{} // closed and replaced when the primary changes
+	gen     uint64        // counts changes of primary
 	closed  bool          // no new locks
 	stopped bool          // no new background work; wg is being waited for
 	wg      sync.WaitGroup
@@ -93,6 +94,7 @@ func (c *HaltClient) PrimaryChanged() {
 	c.mu.Lock()
 	close(c.changed)
 	c.changed = make(chan struct{})
+	c.gen++
 	var lost []*remoteHalt
 	for h := range c.halts {
 		if h.base != url || h.ref.Epoch != epoch {
@@ -152,13 +154,16 @@ func (c *HaltClient) Acquire(ctx context.Context, name string, wait bool) (store
 		if closed {
 			return nil, errors.New("the node is shutting down")
 		}
+		c.mu.Lock()
+		gen := c.gen
+		c.mu.Unlock()
 		base, epoch := c.primary()
 		var err error
 		if base == "" {
 			err = errors.New("no primary is known")
 		} else {
 			var h store.Halt
-			if h, err = c.acquireFrom(ctx, base, epoch, name, wait); err == nil {
+			if h, err = c.acquireFrom(ctx, base, epoch, gen, name, wait); err == nil {
 				return h, nil
 			}
 		}
@@ -190,8 +195,10 @@ func retryable(err error) bool {
 	return !errors.Is(err, store.ErrHaltHeld)
 }
 
-// acquireFrom asks the primary at base for the lock, within one round.
-func (c *HaltClient) acquireFrom(ctx context.Context, base string, epoch uint64, name string, wait bool) (store.Halt, error) {
+// acquireFrom asks the primary at base for the lock, within one round. gen
+// is the count of primary changes when base was read: a grant that comes
+// after a change is given back.
+func (c *HaltClient) acquireFrom(ctx context.Context, base string, epoch, gen uint64, name string, wait bool) (store.Halt, error) {
 	body, err := json.Marshal(HaltRequest{Name: name, NodeID: c.nodeID, Wait: wait, Epoch: epoch})
 	if err != nil {
 		return nil, err
@@ -253,6 +260,14 @@ func (c *HaltClient) acquireFrom(ctx context.Context, base string, epoch uint64,
 		cancel()
 		resp.Body.Close()
 		return nil, errors.New("the node is shutting down")
+	}
+	if c.gen != gen {
+		// The node follows another primary now: this grant is of the old
+		// one's term. Closing the connection ends it there.
+		c.mu.Unlock()
+		cancel()
+		resp.Body.Close()
+		return nil, &StatusError{Code: http.StatusServiceUnavailable, Message: "the primary changed while the lock was granted"}
 	}
 	c.halts[h] = struct{}{}
 	c.wg.Add(2)
@@ -431,10 +446,15 @@ func (h *remoteHalt) Commit(ctx context.Context, data []byte) error {
 		return nil
 	}
 	var se *StatusError
-	if errors.As(err, &se) && (se.Code == http.StatusConflict || se.Code == http.StatusServiceUnavailable) {
+	if !errors.As(err, &se) || se.Code >= 500 && se.Code != http.StatusServiceUnavailable {
+		// No answer, or a failure on the primary's side: whether it
+		// applied the changeset is not known.
+		return fmt.Errorf("commit to the primary %s: %w", strings.TrimPrefix(h.base, "http://"), err)
+	}
+	if se.Code == http.StatusConflict || se.Code == http.StatusServiceUnavailable {
 		h.lose(fmt.Errorf("HALT lock on %s was lost: %s", h.ref.Name, se.Message))
 	}
-	return fmt.Errorf("primary %s refused the commit: %w", strings.TrimPrefix(h.base, "http://"), err)
+	return fmt.Errorf("%w (%s): %w", store.ErrCommitRefused, strings.TrimPrefix(h.base, "http://"), err)
 }
 
 // Release gives the lock back, in the background.

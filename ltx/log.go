@@ -74,6 +74,9 @@ type Log struct {
 	bw        *bufio.Writer
 	closed    bool
 	encs      encoderCache
+	// gen counts truncations and resets: a segment file name may then be
+	// used again for other records, so readers reopen their files.
+	gen uint64
 
 	appended      atomic.Int64 // records appended since the log was opened
 	appendedBytes atomic.Int64 // their encoded size
@@ -551,6 +554,7 @@ func (l *Log) TruncateAfter(txid TXID) error {
 	if txid < l.base.TXID {
 		return fmt.Errorf("truncate log after %s: before base %s: %w", txid, l.base.TXID, ErrTXIDNotFound)
 	}
+	l.gen++
 	if l.active != nil {
 		if err := l.seal(); err != nil {
 			return err
@@ -600,6 +604,7 @@ func (l *Log) Reset(base Pos) error {
 	if l.opts.ReadOnly {
 		return errors.New("reset log: opened read-only")
 	}
+	l.gen++
 	if l.active != nil {
 		_ = l.active.Close()
 		l.active = nil

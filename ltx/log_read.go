@@ -105,6 +105,7 @@ func (l *Log) Info(txid TXID) (RecordInfo, error) {
 type Reader struct {
 	log  *Log
 	path string
+	gen  uint64 // the log's gen when f was opened
 	f    *os.File
 }
 
@@ -120,12 +121,14 @@ func (r *Reader) Read(txid TXID) (RecordInfo, *io.SectionReader, error) {
 	if seg != nil {
 		path = seg.path
 	}
+	gen := r.log.gen
 	r.log.mu.Unlock()
 	if err != nil {
 		return RecordInfo{}, nil, err
 	}
 
-	if r.path != path {
+	// The same name may be another file since a truncation or reset.
+	if r.path != path || r.gen != gen {
 		if r.f != nil {
 			r.f.Close()
 			r.f = nil
@@ -138,7 +141,7 @@ func (r *Reader) Read(txid TXID) (RecordInfo, *io.SectionReader, error) {
 		} else if err != nil {
 			return RecordInfo{}, nil, err
 		}
-		r.f, r.path = f, path
+		r.f, r.path, r.gen = f, path, gen
 	}
 	info, err := readRecordInfo(r.f, off)
 	if err != nil {

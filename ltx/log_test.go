@@ -390,3 +390,32 @@ func TestEncoderReuse(t *testing.T) {
 		}
 	}
 }
+
+// TestReaderAfterTruncate: a reader kept open across a truncation reads
+// the record appended in place of the one removed, even when the new
+// record lands in a segment file of the same name.
+func TestReaderAfterTruncate(t *testing.T) {
+	l := openLog(t, t.TempDir(), 1) // a segment per record
+	d := newTestDB(5)
+	for i := 0; i < 3; i++ {
+		d.appendTx(t, l, 2)
+	}
+	r := l.NewReader()
+	defer r.Close()
+	old, _, err := r.Read(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.TruncateAfter(2); err != nil {
+		t.Fatal(err)
+	}
+	d.pos = l.Pos()
+	d.appendTx(t, l, 3) // another third transaction, in a file of the same name
+	info, _, err := r.Read(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Pos() == old.Pos() || info.Pos() != l.Pos() {
+		t.Fatalf("the kept reader read %s, the log has %s (the removed record was %s)", info.Pos(), l.Pos(), old.Pos())
+	}
+}

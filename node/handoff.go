@@ -215,7 +215,10 @@ func (n *Node) autoPromote(ctx context.Context) {
 	}
 }
 
-// waitPositions waits until every database is at least at want.
+// waitPositions waits until every database is exactly at want: while a
+// handoff holds the primary's writes its positions are final, so a
+// database ahead of them has diverged from the primary, and taking the
+// lease with it would discard what the primary acknowledged.
 func (n *Node) waitPositions(ctx context.Context, want map[string]ltx.Pos) error {
 	for {
 		changed := n.cfg.Store.Changed()
@@ -226,8 +229,8 @@ func (n *Node) waitPositions(ctx context.Context, want map[string]ltx.Pos) error
 				behind = name
 				break
 			}
-			if db.Pos().TXID == pos.TXID && db.Pos() != pos {
-				return fmt.Errorf("%s is at %s, the primary at %s", name, db.Pos(), pos)
+			if cur := db.Pos(); cur != pos {
+				return fmt.Errorf("%s is at %s, the primary at %s: this node has diverged", name, cur, pos)
 			}
 		}
 		if behind == "" {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"syscall"
 
 	"github.com/litefs-project/litefs/internal/rangelock"
 	"github.com/litefs-project/litefs/internal/sqlite"
@@ -246,6 +247,10 @@ func (db *DB) writeChangeset(hdr ltx.Header, trailer ltx.Trailer, r io.ReadSeeke
 	if hdr.MinTXID != db.pos.TXID+1 {
 		return db.pos, fmt.Errorf("%w: changeset %s for %s, which moved to %s meanwhile", ErrMismatch, hdr.MinTXID, db.name, db.pos)
 	}
+	// Nothing is written unless the log can take the changeset after.
+	if lp := db.log.Pos(); lp != db.pos {
+		return db.pos, fmt.Errorf("apply changeset %s to %s: the log is at %s, the database at %s: %w", hdr.MinTXID, db.name, lp, db.pos, syscall.EIO)
+	}
 	dec := ltx.NewDecoder(r)
 	dec.SetRetainPageIndex(false)
 	if err := dec.DecodeHeader(); err != nil {
@@ -386,6 +391,11 @@ func (db *DB) applySnapshot(ctx context.Context, r io.Reader) (ltx.Pos, error) {
 	}
 	defer unlock()
 	db.mu.Lock()
+	if db.pending != nil {
+		err := db.errCommitInFlight()
+		db.mu.Unlock()
+		return ltx.Pos{}, err
+	}
 	err = db.swapInSnapshot(tmpPath, chk, pos)
 	db.mu.Unlock()
 	if err != nil {

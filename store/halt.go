@@ -157,7 +157,9 @@ func (db *DB) lockHalt(ctx context.Context, req rangelock.Lock, wait bool) (bool
 	cur := db.halt
 	db.mu.Unlock()
 	switch {
-	case covers && req.Type == rangelock.Write && (cur == nil || cur.owner != req.Owner):
+	case covers && req.Type == rangelock.Write && (cur == nil || cur.owner != req.Owner || (cur.remote != nil && cur.remote.Lost() != nil)):
+		// A holder taking the byte again after the primary ended its lock
+		// asks the primary again.
 		h := &localHalt{owner: req.Owner, handle: req.Handle}
 		if !db.store.Writable() {
 			halter := db.store.getHalter()

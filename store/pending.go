@@ -25,6 +25,10 @@ import (
 // ForwardTimeout bounds how long a commit waits for the primary.
 const ForwardTimeout = 30 * time.Second
 
+// ErrCommitRefused marks a Halt.Commit error by which the primary said it
+// did not apply the changeset. Any other error leaves the outcome unknown.
+var ErrCommitRefused = errors.New("the primary refused the commit")
+
 // Pending is a commit waiting for the primary. It travels as the error of
 // the file operation that completed the transaction; the caller must call
 // Wait, and report the operation's success only if Wait returns nil.
@@ -82,13 +86,33 @@ func (p *Pending) resolve(ctx context.Context) error {
 		return fmt.Errorf("commit %s of %s: %w", p.txid, db.name, ErrNotExist)
 	}
 	if err != nil {
-		if terr := db.log.TruncateAfter(p.txid - 1); terr != nil {
-			db.logger.Error("remove a changeset the primary refused", "txid", p.txid.String(), "err", terr)
+		db.dropPendingRecord(p.txid)
+		if errors.Is(err, ErrCommitRefused) {
+			db.logger.Error("commit refused by the primary; the transaction fails", "txid", p.txid.String(), "err", err)
+			return fmt.Errorf("forward changeset %s of %s: %w", p.txid, db.name, err)
 		}
-		db.logger.Error("commit refused by the primary; the transaction fails", "txid", p.txid.String(), "err", err)
-		return fmt.Errorf("forward changeset %s of %s: %w", p.txid, db.name, err)
+		// A timeout or a lost connection: the primary may have applied it,
+		// and then it comes back through the stream.
+		db.logger.Error("commit's outcome unknown: no answer from the primary; the transaction is reported failed, and appears later if the primary applied it", "txid", p.txid.String(), "err", err)
+		return fmt.Errorf("forward changeset %s of %s: outcome unknown (the primary may have applied it): %w", p.txid, db.name, err)
 	}
-	return p.publish()
+	if err := p.publish(); err != nil {
+		// The primary has it, but it cannot be this node's position: the
+		// stream brings it back.
+		if db.pos.TXID < p.txid {
+			db.dropPendingRecord(p.txid)
+		}
+		return err
+	}
+	return nil
+}
+
+// dropPendingRecord removes the record of a commit that did not become the
+// position, so that log and position agree. Caller holds db.mu.
+func (db *DB) dropPendingRecord(txid ltx.TXID) {
+	if err := db.log.TruncateAfter(txid - 1); err != nil {
+		db.logger.Error("remove the changeset of a commit that failed", "txid", txid.String(), "err", err)
+	}
 }
 
 // readRecord returns the encoded changeset txid from the log, through a

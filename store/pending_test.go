@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"sync"
 	"syscall"
@@ -164,7 +167,7 @@ func TestPendingCommitRefused(t *testing.T) {
 	if p == nil {
 		t.Fatal("no pending commit")
 	}
-	h.answer <- errors.New("refused by the primary")
+	h.answer <- fmt.Errorf("%w: checksum mismatch", ErrCommitRefused)
 	go func() { <-h.sent }()
 	if err := p.Wait(context.Background()); err == nil {
 		t.Fatal("a refused commit succeeded")
@@ -281,5 +284,54 @@ func TestHaltGivenUpWhileAcquiring(t *testing.T) {
 	}
 	if db.Halted() || db.Writable() {
 		t.Fatal("the database is writable with no HALT holder")
+	}
+}
+
+// TestPendingRefusedThenRetried: after a refused commit whose record was
+// the first of a log segment, the next commit sends its own changeset, not
+// the refused one read from the removed segment of the same name.
+func TestPendingRefusedThenRetried(t *testing.T) {
+	st, err := Open(Options{Dir: t.TempDir(), SegmentSize: 1, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	st.SetWritable(false)
+	r := &replica{t: t, st: st, name: "db", ltxs: make(map[ltx.TXID][]byte)}
+	m := newTestDB(4096, 6)
+	m, b := m.change(t, 4, 1)
+	r.apply(m, b)
+	h := newFakeHalt()
+	st.SetHalter(fakeHalter{h: h})
+	db := st.DB("db")
+	lock := rangelock.Lock{Owner: 0x77, Start: HaltByte, End: HaltByte, Type: rangelock.Write, Handle: 1}
+	if ok, err := db.LockHalt(context.Background(), lock, false); !ok || err != nil {
+		t.Fatalf("HALT lock: %v %v", ok, err)
+	}
+	commit := func(page []byte, answer error) ([]byte, error) {
+		p := PendingOf(writeRollbackTxn(t, db, page))
+		if p == nil {
+			t.Fatal("no pending commit")
+		}
+		h.answer <- answer
+		res := make(chan error, 1)
+		go func() { res <- p.Wait(context.Background()) }()
+		sent := <-h.sent
+		return sent, <-res
+	}
+	first, err := commit(m.randomPage(2), fmt.Errorf("%w: test", ErrCommitRefused))
+	if err == nil {
+		t.Fatal("refused commit succeeded")
+	}
+	second, err := commit(m.randomPage(2), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Equal(first, second) {
+		t.Fatal("the second commit sent the refused changeset again")
+	}
+	want, err := db.readRecord(db.Pos().TXID)
+	if err != nil || !bytes.Equal(second, want) {
+		t.Fatalf("sent changeset differs from the committed one (%v)", err)
 	}
 }

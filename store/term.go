@@ -399,7 +399,12 @@ func (t *Term) End(ctx context.Context) {
 	for _, m := range members {
 		select {
 		case <-m.left:
+			continue
 		case <-ctx.Done():
+		}
+		select {
+		case <-m.left: // it left as the deadline passed
+		default:
 			t.store.logger.Warn("a replication stream did not finish sending before the term's deadline; closing it", "epoch", t.epoch)
 			m.abort()
 			<-m.left
