@@ -41,7 +41,7 @@ test: deps consul etcd
 bench: deps consul etcd build
 	$(LEASE_ENV) $(GO) run ./cmd/litefs-bench -litefs $(BIN)/litefs
 
-demo: deps build
+demo: deps etcd build
 	@scripts/demo.sh $(BIN)/litefs
 
 $(STATICCHECK):

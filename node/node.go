@@ -201,8 +201,27 @@ func (n *Node) Run(ctx context.Context) {
 		if n.cfg.Clock.Now().Sub(start) > 10*time.Second {
 			b.reset() // it worked for a while: retry promptly
 		}
-		b.wait(ctx)
+		// A primary that died is replaced through the lease: follow the
+		// new one as soon as the lease names it, not after the back-off.
+		n.waitOrChange(ctx, info, b)
 	}
+}
+
+// waitOrChange waits for the back-off, or until the lease no longer names
+// info, whichever comes first.
+func (n *Node) waitOrChange(ctx context.Context, info lease.PrimaryInfo, b *backoff) {
+	wctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if n.cfg.Leaser.WaitChange(wctx, info) == nil {
+			cancel()
+		}
+	}()
+	b.wait(wctx)
+	cancel()
+	wg.Wait()
 }
 
 // campaigning reports whether the node tries to acquire the lease now.

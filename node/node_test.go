@@ -123,9 +123,11 @@ func (l *fakeLease) handedTo() []string {
 	return append([]string(nil), l.handoffs...)
 }
 
-// fakeTransport records streams; each runs until its context ends.
+// fakeTransport records streams; each runs until its context ends, or
+// fails at once for a URL in dead.
 type fakeTransport struct {
 	streams chan streamCall
+	dead    sync.Map // url -> true
 }
 
 type streamCall struct {
@@ -135,6 +137,9 @@ type streamCall struct {
 
 func (t *fakeTransport) Stream(ctx context.Context, url string, epoch uint64) error {
 	t.streams <- streamCall{url, epoch}
+	if _, ok := t.dead.Load(url); ok {
+		return errors.New("connection refused")
+	}
 	<-ctx.Done()
 	return ctx.Err()
 }
@@ -483,3 +488,26 @@ func TestNodeDemoteDelay(t *testing.T) {
 		t.Fatal("the node campaigned before its demote delay ran out")
 	}
 }
+
+// TestNodeFollowsReplacementOfDeadPrimary: a replica whose primary died
+// (its stream fails) follows the new primary as soon as the lease names
+// it, without waiting out its back-off.
+func TestNodeFollowsReplacementOfDeadPrimary(t *testing.T) {
+	f := newFixture(t, false, 0, lease.PrimaryInfo{Hostname: "a", AdvertiseURL: "http://a", Epoch: 5})
+	if s := <-f.tr.streams; s.url != "http://a" {
+		t.Fatalf("stream %+v", s)
+	}
+	f.tr.dead.Store("http://a", true)
+	f.leaser.setPrimary(lease.PrimaryInfo{Hostname: "a", AdvertiseURL: "http://a", Epoch: 6}) // a restarts the stream
+	for s := <-f.tr.streams; s.url == "http://a"; s = <-f.tr.streams {
+		// Failing streams to a back off on the fake clock, which stands
+		// still: only a change of the lease moves the node on.
+		if s.epoch == 6 {
+			f.leaser.setPrimary(lease.PrimaryInfo{Hostname: "b", AdvertiseURL: "http://b", Epoch: 9})
+		}
+	}
+	for f.role().Primary.Hostname != "b" {
+	}
+}
+
+func (f *fixture) Role() Role { return f.node.Role() }

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs a small litefs cluster on this machine (a primary and two replicas,
 # static lease, loopback ports), writes a database through the primary with
-# the sqlite3 CLI, and shows the replicas' copies catching up.
+# the sqlite3 CLI, and shows the replicas' copies catching up. Then a second
+# cluster elects its primary with a real etcd (fetched by
+# scripts/install-etcd.sh), loses it to kill -9, and fails over.
 set -euo pipefail
 
 litefs=$(realpath "${1:-bin/litefs}")
@@ -15,7 +17,7 @@ cleanup() {
 	for pid in "${pids[@]}"; do
 		wait "$pid" 2>/dev/null || true
 	done
-	for n in primary replica1 replica2; do
+	for n in primary replica1 replica2 a b c; do
 		if grep -q " $demo/$n/mnt " /proc/mounts; then
 			fusermount3 -u -z "$demo/$n/mnt" 2>/dev/null || true
 		fi
@@ -26,6 +28,10 @@ trap cleanup EXIT
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# http_get URL: the body, or a failure status.
+http_get() { python3 -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=2).read().decode())' "$1" 2>/dev/null; }
+# epoch_of PORT: the epoch a node reports in /info.
+epoch_of() { http_get "http://127.0.0.1:$1/info" | python3 -c 'import json, sys; print(json.load(sys.stdin)["epoch"])'; }
 
 primary_port=$(free_port)
 # start_node NAME LEASE-YAML
@@ -44,6 +50,7 @@ $lease
 YAML
 	"$litefs" mount -config "$demo/$name/litefs.yml" >"$demo/$name/litefs.log" 2>&1 &
 	pids+=($!)
+	eval "pid_$name=$!"
 	for _ in $(seq 1 100); do
 		[ -e "$demo/$name/mnt/.lag" ] && return 0
 		kill -0 "${pids[-1]}" 2>/dev/null || { cat "$demo/$name/litefs.log"; exit 1; }
@@ -129,4 +136,49 @@ for n in primary replica1; do
 	"$litefs" log -data-dir "$demo/$n/data" -name app.db -n 5 -verify | sed 's/^/    /'
 done
 
-step "stopping the cluster"
+step "a second cluster, on an etcd lease (ttl 2s): candidates a and b, replica c"
+etcd=$(scripts/install-etcd.sh 2>/dev/null | tail -n1)
+etcd_port=$(free_port)
+etcd_peer=$(free_port)
+"$etcd" --name demo --data-dir "$demo/etcd" \
+	--listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+	--listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
+	--initial-cluster "demo=http://127.0.0.1:$etcd_peer" >"$demo/etcd.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 100); do
+	http_get "http://127.0.0.1:$etcd_port/health" | grep -q true && break
+	sleep 0.1
+done
+declare -A ports
+etcd_lease() {
+	echo "lease:
+  type: etcd
+  candidate: $2
+  hostname: $1
+  advertise-url: http://127.0.0.1:${ports[$1]}
+  etcd:
+    endpoints: [\"http://127.0.0.1:$etcd_port\"]
+    key: litefs/demo
+    ttl: 2s"
+}
+for n in a b c; do ports[$n]=$(free_port); done
+start_node a "$(etcd_lease a true)" "${ports[a]}"
+for _ in $(seq 1 100); do http_get "http://127.0.0.1:${ports[a]}/info" | grep -q '"isPrimary":true' && break; sleep 0.1; done
+start_node b "$(etcd_lease b true)" "${ports[b]}"
+start_node c "$(etcd_lease c false)" "${ports[c]}"
+sqlite3 "$demo/a/mnt/app.db" "PRAGMA journal_mode=WAL; CREATE TABLE t (v TEXT); INSERT INTO t VALUES ('written on a');" >/dev/null
+for _ in $(seq 1 50); do [ "$(sqlite3 "$demo/c/mnt/app.db" "SELECT count(*) FROM t;" 2>/dev/null)" = 1 ] && break; sleep 0.1; done
+echo "  c's .primary: $(cat "$demo/c/mnt/.primary"); a's epoch: $(epoch_of "${ports[a]}")"
+
+step "kill -9 of the primary a; b takes over once etcd revokes a's lease"
+start=$(date +%s%N)
+kill -KILL "$pid_a"
+wait "$pid_a" 2>/dev/null || true
+until sqlite3 -cmd ".timeout 100" "file:$demo/b/mnt/app.db?mode=rw" "INSERT INTO t VALUES ('written on b');" 2>/dev/null; do sleep 0.02; done
+echo "  b accepted a write $(( ($(date +%s%N) - start) / 1000000 )) ms after the kill"
+for _ in $(seq 1 50); do [ "$(cat "$demo/c/mnt/.primary" 2>/dev/null)" = "b" ] && break; sleep 0.1; done
+for _ in $(seq 1 50); do [ "$(sqlite3 "$demo/c/mnt/app.db" "SELECT count(*) FROM t;" 2>/dev/null)" = 2 ] && break; sleep 0.1; done
+echo "  c's .primary: $(cat "$demo/c/mnt/.primary"); b's epoch: $(epoch_of "${ports[b]}")"
+echo "  rows on c: $(sqlite3 "$demo/c/mnt/app.db" "SELECT group_concat(v, ', ') FROM t;")"
+
+step "stopping the clusters"
