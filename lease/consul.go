@@ -189,16 +189,18 @@ func (c *Consul) Acquire(ctx context.Context) (Lease, error) {
 		return nil, ErrPrimaryExists
 	}
 	l := &consulLease{
-		c:       c,
-		base:    context.WithoutCancel(ctx),
-		session: id,
-		epoch:   pair.ModifyIndex,
-		expires: sent.Add(c.opts.TTL),
-		done:    make(chan struct{}),
-		stop:    make(chan struct{}),
+		heldLease: newHeldLease(),
+		c:         c,
+		base:      context.WithoutCancel(ctx),
+		session:   id,
+		epoch:     pair.ModifyIndex,
 	}
 	c.wg.Add(1)
-	go l.keepAlive()
+	go func() {
+		defer c.wg.Done()
+		l.keepAlive(l.base, sent, renewer{key: c.opts.Key, ttl: c.opts.TTL, logger: c.logger,
+			renewals: &c.renewals, failures: &c.failures, renew: l.renew})
+	}()
 	return l, nil
 }
 
@@ -270,84 +272,31 @@ func (c *Consul) WaitChange(ctx context.Context, current PrimaryInfo) error {
 	}
 }
 
-// consulLease is a held lock. keepAlive renews its session until it is
-// closed, handed off or lost.
+// consulLease is a held lock, renewed until it is closed, handed off or
+// lost.
 type consulLease struct {
+	heldLease
 	c       *Consul
 	base    context.Context // renewals and the release carry its values, not its cancellation
 	session string
 	epoch   uint64 // the key's ModifyIndex when the lock was taken
-
-	mu      sync.Mutex
-	expires time.Time // TTL counted from the last renewal that succeeded
-
-	done     chan struct{} // closed when the lease ends, for any reason
-	stop     chan struct{} // closed to end keepAlive
-	stopOnce sync.Once
-	doneOnce sync.Once
 }
-
-func (l *consulLease) Done() <-chan struct{} { return l.done }
 
 func (l *consulLease) Epoch() uint64 { return l.epoch }
 
-func (l *consulLease) end() { l.doneOnce.Do(func() { close(l.done) }) }
-
-// keepAlive renews the session three times per TTL, retrying failures
-// quickly, and ends the lease when its TTL runs out without a renewal, or
-// when Consul says the session is gone.
-func (l *consulLease) keepAlive() {
-	defer l.c.wg.Done()
-	ttl := l.c.opts.TTL
-	renewEvery := ttl / 3
-	ticker := time.NewTicker(renewEvery)
-	defer ticker.Stop()
-	for {
-		l.mu.Lock()
-		expires := l.expires
-		l.mu.Unlock()
-		deadline := time.NewTimer(time.Until(expires))
-		select {
-		case <-l.stop:
-			deadline.Stop()
-			return
-		case <-deadline.C:
-			l.c.logger.Error("primary lease expired: no successful renewal within the TTL", "key", l.c.opts.Key, "ttl", ttl.String())
-			l.end()
-			return
-		case <-ticker.C:
-		}
-		deadline.Stop()
-
-		sent := time.Now()
-		ctx, cancel := context.WithDeadline(l.base, expires)
-		entry, _, err := l.c.client.Session().Renew(l.session, (&api.WriteOptions{}).WithContext(ctx))
-		cancel()
-		if err != nil || entry == nil {
-			l.c.failures.Add(1)
-		} else {
-			l.c.renewals.Add(1)
-		}
-		switch {
-		case err == nil && entry == nil:
-			l.c.logger.Error("primary lease lost: consul invalidated the session", "key", l.c.opts.Key)
-			l.end()
-			return
-		case err != nil:
-			l.c.logger.Warn("renew primary lease", "key", l.c.opts.Key, "err", err, "expires_in", time.Until(expires).Round(time.Millisecond).String())
-			ticker.Reset(min(renewEvery, 250*time.Millisecond)) // retry soon
-			continue
-		}
-		l.mu.Lock()
-		l.expires = sent.Add(ttl)
-		l.mu.Unlock()
-		ticker.Reset(renewEvery)
+// renew renews the session once; Consul answers no entry for a session it
+// has invalidated.
+func (l *consulLease) renew(ctx context.Context) error {
+	entry, _, err := l.c.client.Session().Renew(l.session, (&api.WriteOptions{}).WithContext(ctx))
+	if err == nil && entry == nil {
+		return fmt.Errorf("%w: consul invalidated the session", errLeaseGone)
 	}
+	return err
 }
 
 // Handoff releases the lock with a note naming the next primary.
 func (l *consulLease) Handoff(ctx context.Context, hostname string) error {
-	l.stopOnce.Do(func() { close(l.stop) })
+	l.stopRenewal()
 	defer l.end()
 	value, _ := json.Marshal(primaryRecord{HandoffTo: hostname, HandoffAt: time.Now().UnixMilli()})
 	ok, _, err := l.c.client.KV().Release(&api.KVPair{Key: l.c.opts.Key, Value: value, Session: l.session}, (&api.WriteOptions{}).WithContext(ctx))
@@ -363,7 +312,7 @@ func (l *consulLease) Handoff(ctx context.Context, hostname string) error {
 
 // Close releases the lock and destroys the session.
 func (l *consulLease) Close() error {
-	l.stopOnce.Do(func() { close(l.stop) })
+	l.stopRenewal()
 	defer l.end()
 	ctx, cancel := context.WithTimeout(l.base, 2*time.Second)
 	defer cancel()

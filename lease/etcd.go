@@ -187,16 +187,18 @@ func (e *Etcd) Acquire(ctx context.Context) (Lease, error) {
 		return nil, ErrPrimaryExists
 	}
 	l := &etcdLease{
-		e:       e,
-		id:      grant.ID,
-		epoch:   uint64(txn.Header.Revision),
-		base:    context.WithoutCancel(ctx),
-		expires: sent.Add(e.opts.TTL),
-		done:    make(chan struct{}),
-		stop:    make(chan struct{}),
+		heldLease: newHeldLease(),
+		e:         e,
+		id:        grant.ID,
+		epoch:     uint64(txn.Header.Revision),
+		base:      context.WithoutCancel(ctx),
 	}
 	e.wg.Add(1)
-	go l.keepAlive()
+	go func() {
+		defer e.wg.Done()
+		l.keepAlive(l.base, sent, renewer{key: e.opts.Key, ttl: e.opts.TTL, logger: e.logger,
+			renewals: &e.renewals, failures: &e.failures, renew: l.renew})
+	}()
 	return l, nil
 }
 
@@ -273,83 +275,32 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// etcdLease is a held key. keepAlive renews its lease until it is closed,
-// handed off or lost.
+// etcdLease is a held key, its lease renewed until it is closed, handed
+// off or lost.
 type etcdLease struct {
+	heldLease
 	e     *Etcd
 	id    clientv3.LeaseID
 	epoch uint64
 	base  context.Context // renewals carry its values, not its cancellation
-
-	mu      sync.Mutex
-	expires time.Time // TTL counted from the last renewal that succeeded
-
-	done     chan struct{}
-	stop     chan struct{}
-	stopOnce sync.Once
-	doneOnce sync.Once
 }
 
-func (l *etcdLease) Done() <-chan struct{} { return l.done }
-func (l *etcdLease) Epoch() uint64         { return l.epoch }
-func (l *etcdLease) end()                  { l.doneOnce.Do(func() { close(l.done) }) }
+func (l *etcdLease) Epoch() uint64 { return l.epoch }
 
-// keepAlive renews the lease three times per TTL, retrying failures
-// quickly, and ends it when the TTL runs out without a renewal or etcd
-// says the lease is gone.
-func (l *etcdLease) keepAlive() {
-	defer l.e.wg.Done()
-	ttl := l.e.opts.TTL
-	renewEvery := ttl / 3
-	ticker := time.NewTicker(renewEvery)
-	defer ticker.Stop()
-	for {
-		l.mu.Lock()
-		expires := l.expires
-		l.mu.Unlock()
-		deadline := time.NewTimer(time.Until(expires))
-		select {
-		case <-l.stop:
-			deadline.Stop()
-			return
-		case <-deadline.C:
-			l.e.logger.Error("primary lease expired: no successful renewal within the TTL", "key", l.e.opts.Key, "ttl", ttl.String())
-			l.end()
-			return
-		case <-ticker.C:
-		}
-		deadline.Stop()
-
-		sent := time.Now()
-		ctx, cancel := context.WithDeadline(l.base, expires)
-		resp, err := l.e.client.KeepAliveOnce(ctx, l.id)
-		cancel()
-		if err != nil || resp.TTL <= 0 {
-			l.e.failures.Add(1)
-		} else {
-			l.e.renewals.Add(1)
-		}
-		switch {
-		case errors.Is(err, rpctypes.ErrLeaseNotFound) || (err == nil && resp.TTL <= 0):
-			l.e.logger.Error("primary lease lost: etcd revoked the lease", "key", l.e.opts.Key)
-			l.end()
-			return
-		case err != nil:
-			l.e.logger.Warn("renew primary lease", "key", l.e.opts.Key, "err", err, "expires_in", time.Until(expires).Round(time.Millisecond).String())
-			ticker.Reset(min(renewEvery, 250*time.Millisecond)) // retry soon
-			continue
-		}
-		l.mu.Lock()
-		l.expires = sent.Add(ttl)
-		l.mu.Unlock()
-		ticker.Reset(renewEvery)
+// renew renews the lease once, with one request rather than etcd's
+// keep-alive stream, so that its send time is known.
+func (l *etcdLease) renew(ctx context.Context) error {
+	resp, err := l.e.client.KeepAliveOnce(ctx, l.id)
+	if errors.Is(err, rpctypes.ErrLeaseNotFound) || (err == nil && resp.TTL <= 0) {
+		return fmt.Errorf("%w: etcd revoked the lease", errLeaseGone)
 	}
+	return err
 }
 
 // Handoff deletes the key and leaves a note naming the next primary, in
 // one transaction, then revokes the lease.
 func (l *etcdLease) Handoff(ctx context.Context, hostname string) error {
-	l.stopOnce.Do(func() { close(l.stop) })
+	l.stopRenewal()
 	defer l.end()
 	note, _ := json.Marshal(handoffNote{To: hostname, At: time.Now().UnixMilli()})
 	key := l.e.opts.Key
@@ -372,7 +323,7 @@ func (l *etcdLease) Handoff(ctx context.Context, hostname string) error {
 
 // Close revokes the lease, which deletes the key.
 func (l *etcdLease) Close() error {
-	l.stopOnce.Do(func() { close(l.stop) })
+	l.stopRenewal()
 	defer l.end()
 	if err := l.e.revoke(l.base, l.id); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
 		return fmt.Errorf("etcd lease: release %s: %w", l.e.opts.Key, err)
