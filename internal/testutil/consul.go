@@ -15,34 +15,43 @@ import (
 	"time"
 )
 
-var (
-	consulMu   sync.Mutex
-	consulPath string
-)
-
 // ConsulBinary returns the path of a real Consul agent: $LITEFS_CONSUL, or
 // the one scripts/install-consul.sh builds and caches (a cold build takes
 // minutes; `make test` runs it first).
 func ConsulBinary(t T) string {
 	t.Helper()
-	consulMu.Lock()
-	defer consulMu.Unlock()
-	if consulPath != "" {
-		return consulPath
-	}
-	if p := os.Getenv("LITEFS_CONSUL"); p != "" {
-		consulPath = p
+	return installed(t, "LITEFS_CONSUL", "install-consul.sh")
+}
+
+var (
+	installMu sync.Mutex
+	installs  = map[string]string{} // by environment variable
+)
+
+// installed returns the path a program's environment variable names, or
+// the one its install script (in scripts/) prints on its last line, once
+// per test process.
+func installed(t T, env, script string) string {
+	t.Helper()
+	installMu.Lock()
+	defer installMu.Unlock()
+	if p := installs[env]; p != "" {
 		return p
 	}
-	cmd := exec.Command("bash", filepath.Join(moduleRoot(), "scripts", "install-consul.sh"))
+	if p := os.Getenv(env); p != "" {
+		installs[env] = p
+		return p
+	}
+	cmd := exec.Command("bash", filepath.Join(moduleRoot(), "scripts", script))
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
-		t.Fatalf("install consul: %v\n%s", err, stderr.String())
+		t.Fatalf("%s: %v\n%s", script, err, stderr.String())
 	}
 	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
-	consulPath = strings.TrimSpace(lines[len(lines)-1])
-	return consulPath
+	p := strings.TrimSpace(lines[len(lines)-1])
+	installs[env] = p
+	return p
 }
 
 // Consul is a `consul agent -dev` on loopback ports of its own. Its state

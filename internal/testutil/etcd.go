@@ -1,7 +1,6 @@
 package testutil
 
 import (
-	"bytes"
 	"fmt"
 	"net/http"
 	"os"
@@ -13,34 +12,12 @@ import (
 	"time"
 )
 
-var (
-	etcdMu   sync.Mutex
-	etcdPath string
-)
-
 // EtcdBinary returns the path of a real etcd server: $LITEFS_ETCD, or the
 // one scripts/install-etcd.sh fetches and caches (`make test` runs it
 // first).
 func EtcdBinary(t T) string {
 	t.Helper()
-	etcdMu.Lock()
-	defer etcdMu.Unlock()
-	if etcdPath != "" {
-		return etcdPath
-	}
-	if p := os.Getenv("LITEFS_ETCD"); p != "" {
-		etcdPath = p
-		return p
-	}
-	cmd := exec.Command("bash", filepath.Join(moduleRoot(), "scripts", "install-etcd.sh"))
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("install etcd: %v\n%s", err, stderr.String())
-	}
-	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
-	etcdPath = strings.TrimSpace(lines[len(lines)-1])
-	return etcdPath
+	return installed(t, "LITEFS_ETCD", "install-etcd.sh")
 }
 
 // Etcd is a cluster of etcd members on loopback ports of its own, each
