@@ -316,34 +316,17 @@ func (c *HaltClient) waitPos(ctx context.Context, name string, pos ltx.Pos) erro
 
 // post sends body (JSON, or raw bytes as LTX) and decodes a 200 answer.
 func (c *HaltClient) post(ctx context.Context, u string, body, out any) error {
-	var rd io.Reader
-	ctype := "application/json"
-	if b, ok := body.([]byte); ok {
-		rd, ctype = bytes.NewReader(b), "application/octet-stream"
-	} else {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		rd = bytes.NewReader(b)
+	api := APIClient{HTTP: c.client}
+	b, ok := body.([]byte)
+	if !ok {
+		return api.call(ctx, http.MethodPost, u, body, out)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, rd)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(b))
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Content-Type", ctype)
-	resp, err := c.client.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if err := CheckResponse(resp); err != nil {
-		return err
-	}
-	if out != nil {
-		return json.NewDecoder(resp.Body).Decode(out)
-	}
-	return nil
+	req.Header.Set("Content-Type", "application/octet-stream")
+	return api.do(req, out)
 }
 
 // remoteHalt is a HALT lock held from the primary.
