@@ -13,6 +13,10 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/litefs-project/litefs/lease"
+	"github.com/litefs-project/litefs/node"
+	"github.com/litefs-project/litefs/store"
 )
 
 // Config is the whole configuration file.
@@ -172,19 +176,20 @@ func (e *ExecConfigs) UnmarshalYAML(n *yaml.Node) error {
 	return fmt.Errorf("line %d: exec must be a command string or a list of {cmd, if-candidate}", n.Line)
 }
 
-// Defaults used when a key is not set.
+// Defaults used when a key is not set. Those of settings a package owns
+// are that package's.
 const (
 	DefaultDataDir                  = "/var/lib/litefs"
 	DefaultFUSEDir                  = "/litefs"
 	DefaultHTTPAddr                 = ":20202"
-	DefaultRetention                = 10 * time.Minute
-	DefaultRetentionMonitorInterval = 1 * time.Minute
-	DefaultConsulTTL                = 10 * time.Second
-	DefaultConsulLockDelay          = 1 * time.Second
-	DefaultEtcdTTL                  = 5 * time.Second
-	DefaultReconnectDelay           = 1 * time.Second
+	DefaultRetention                = store.DefaultRetention
+	DefaultRetentionMonitorInterval = store.DefaultRetentionMonitorInterval
+	DefaultConsulTTL                = lease.DefaultConsulTTL
+	DefaultConsulLockDelay          = lease.DefaultConsulLockDelay
+	DefaultEtcdTTL                  = lease.DefaultEtcdTTL
+	DefaultReconnectDelay           = node.DefaultReconnectDelay
 	DefaultDemoteDelay              = 10 * time.Second
-	DefaultHaltTTL                  = 5 * time.Second
+	DefaultHaltTTL                  = store.DefaultHaltTTL
 	DefaultMaxLag                   = 10 * time.Second
 	DefaultPrimaryRedirectTimeout   = 5 * time.Second
 	DefaultReadHeaderTimeout        = 10 * time.Second
