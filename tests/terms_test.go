@@ -259,7 +259,20 @@ func TestHaltWriterDuringPrimaryKill(t *testing.T) {
 // is elected.
 func TestRestartedPrimaryRefusesOldTerm(t *testing.T) {
 	c := testutil.StartConsul(t)
-	a, b, n3 := startConsulCluster(t, c)
+	// A TTL long enough that the old session outlives the restart: Consul
+	// keeps it at least a TTL after its last renewal.
+	const ttl = 4 * time.Second
+	start := func(name string, candidate bool) *testutil.Node {
+		n := testutil.NewNode(t, testutil.NodeConfig{Name: name})
+		n.WriteConfig(t, n.ConsulLease(c, consulKey(t), candidate, ttl, testLockDelay))
+		n.Start(t)
+		return n
+	}
+	a := start("a", true)
+	if waitPrimary(t, []*testutil.Node{a}, failoverLimit) != a {
+		t.Fatal("a is not primary")
+	}
+	b, n3 := start("b", true), start("c", false)
 	createTable(t, a, "db")
 	checkReplica(t, a, n3, "db", "")
 	oldEpoch := apiInfo(t, a).Epoch
@@ -276,7 +289,7 @@ func TestRestartedPrimaryRefusesOldTerm(t *testing.T) {
 	info, err := probe.PrimaryInfo(ctx)
 	cancel()
 	if err != nil || info.Hostname != "a" || info.Epoch != oldEpoch {
-		t.Skipf("the old session ended before the restart finished (lease: %+v, %v); nothing to test", info, err)
+		t.Fatalf("the lease does not name a's old session right after the restart (lease: %+v, %v)", info, err)
 	}
 	if got := apiInfo(t, a); got.IsPrimary {
 		t.Fatal("the restarted primary claims the lease of its old session")
