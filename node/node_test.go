@@ -1,11 +1,14 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,6 +17,7 @@ import (
 	"github.com/litefs-project/litefs/internal/rangelock"
 	"github.com/litefs-project/litefs/internal/sqlite"
 	"github.com/litefs-project/litefs/lease"
+	"github.com/litefs-project/litefs/ltx"
 	"github.com/litefs-project/litefs/store"
 )
 
@@ -128,6 +132,9 @@ func (l *fakeLease) handedTo() []string {
 type fakeTransport struct {
 	streams chan streamCall
 	dead    sync.Map // url -> true
+
+	handoff  lhttp.HandoffResponse // what Handoff answers
+	released atomic.Int32          // ReleaseHandoff calls
 }
 
 type streamCall struct {
@@ -145,11 +152,12 @@ func (t *fakeTransport) Stream(ctx context.Context, url string, epoch uint64) er
 }
 
 func (t *fakeTransport) Handoff(ctx context.Context, url string, req lhttp.HandoffRequest) (lhttp.HandoffResponse, error) {
-	return lhttp.HandoffResponse{}, errors.New("not used")
+	return t.handoff, nil
 }
 
 func (t *fakeTransport) ReleaseHandoff(ctx context.Context, url string, req lhttp.HandoffRequest) error {
-	return errors.New("not used")
+	t.released.Add(1)
+	return nil
 }
 
 func (t *fakeTransport) Promote(ctx context.Context, url string, req lhttp.PromoteRequest) (lhttp.Info, error) {
@@ -511,3 +519,42 @@ func TestNodeFollowsReplacementOfDeadPrimary(t *testing.T) {
 }
 
 func (f *fixture) Role() Role { return f.node.Role() }
+
+// TestNodePromoteRefusesWhenAhead: a candidate whose database is ahead of
+// the positions the primary holds its writes at has diverged; taking the
+// lease would discard what the primary acknowledged, so it does not.
+func TestNodePromoteRefusesWhenAhead(t *testing.T) {
+	f := newFixture(t, true, 0, lease.PrimaryInfo{Hostname: "a", AdvertiseURL: "http://a", Epoch: 5})
+	<-f.tr.streams
+	// One transaction the primary never had.
+	var buf bytes.Buffer
+	enc, err := ltx.NewEncoder(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	page := make([]byte, 4096)
+	copy(page, "SQLite format 3\x00")
+	if err := enc.EncodeHeader(ltx.Header{Version: ltx.Version, PageSize: 4096, Commit: 1, MinTXID: 1, MaxTXID: 1, Timestamp: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := enc.EncodePage(ltx.PageHeader{Pgno: 1}, page); err != nil {
+		t.Fatal(err)
+	}
+	enc.SetPostApplyChecksum(ltx.ChecksumFlag | ltx.ChecksumPage(1, page))
+	if err := enc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.st.ApplyChangeset(context.Background(), "db", bytes.NewReader(buf.Bytes()), int64(buf.Len())); err != nil {
+		t.Fatal(err)
+	}
+	f.tr.handoff = lhttp.HandoffResponse{Positions: map[string]ltx.Pos{"db": {}}, Epoch: 5}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err = f.node.promote(ctx, lhttp.PromoteRequest{})
+	if err == nil || !strings.Contains(err.Error(), "diverged") {
+		t.Fatalf("promote of a candidate ahead of the primary: %v", err)
+	}
+	if n := f.tr.released.Load(); n != 0 {
+		t.Fatalf("the candidate asked for the lease %d times", n)
+	}
+}

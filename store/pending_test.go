@@ -335,3 +335,28 @@ func TestPendingRefusedThenRetried(t *testing.T) {
 		t.Fatalf("sent changeset differs from the committed one (%v)", err)
 	}
 }
+
+// TestHaltRelockAfterLoss: a holder that takes the HALT byte again after
+// the primary ended its lock asks the primary again, and may write.
+func TestHaltRelockAfterLoss(t *testing.T) {
+	r, m, h := haltedReplica(t)
+	db := r.st.DB("db")
+	h.mu.Lock()
+	h.lost = errors.New("the primary's term ended")
+	h.mu.Unlock()
+	if db.Writable() {
+		t.Fatal("writable under a lost lock")
+	}
+	fresh := newFakeHalt()
+	r.st.SetHalter(fakeHalter{h: fresh})
+	lock := rangelock.Lock{Owner: 0x77, Start: HaltByte, End: HaltByte, Type: rangelock.Write, Handle: 1}
+	if ok, err := db.LockHalt(context.Background(), lock, false); !ok || err != nil {
+		t.Fatalf("HALT lock again: %v %v", ok, err)
+	}
+	if !db.Writable() {
+		t.Fatal("the holder cannot write after taking the lock again")
+	}
+	if _, err := db.WriteAt(FileDatabase, m.randomPage(2), 4096); err != nil {
+		t.Fatalf("write after taking the lock again: %v", err)
+	}
+}
