@@ -360,3 +360,38 @@ func TestHaltRelockAfterLoss(t *testing.T) {
 		t.Fatalf("write after taking the lock again: %v", err)
 	}
 }
+
+// TestApplyRefusedWhenLogAhead: with a record in the log beyond the
+// position (a commit whose acknowledgement failed after it was logged), an
+// apply is refused before it writes a page: the database stays readable.
+func TestApplyRefusedWhenLogAhead(t *testing.T) {
+	r := newReplica(t, "db")
+	m := newTestDB(4096, 7)
+	m, b := m.change(t, 4)
+	r.apply(m, b)
+	db := r.st.DB("db")
+	_, next := m.change(t, 4, 2)
+	hdr, trailer, _, err := db.verifyChangeset(bytes.NewReader(next))
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.mu.Lock()
+	_, err = db.log.AppendEncoded(hdr, trailer, bytes.NewReader(next))
+	db.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.st.ApplyChangeset(context.Background(), "db", bytes.NewReader(next), int64(len(next))); err == nil {
+		t.Fatal("an apply onto a log ahead of the position succeeded")
+	}
+	if _, err := db.ReadAt(FileDatabase, make([]byte, 4096), 0); err != nil {
+		t.Fatalf("the database after a refused apply: %v", err)
+	}
+	got, err := os.ReadFile(r.dbPath())
+	if err != nil || !bytes.Equal(got, m.file()) {
+		t.Fatalf("the database file changed under a refused apply (%v)", err)
+	}
+	if pos := db.Pos(); pos != m.pos {
+		t.Fatalf("position %s, want %s", pos, m.pos)
+	}
+}
