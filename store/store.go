@@ -41,6 +41,7 @@ type Store struct {
 	opts   Options
 	logger *slog.Logger
 	nodeID uint64
+	lock   *dirLock // the data directory's, from Open to Close
 
 	mu  sync.Mutex
 	dbs map[string]*DB
@@ -63,7 +64,9 @@ type Store struct {
 }
 
 // Open loads every database under opts.Dir, recovering each to a
-// consistent state, and starts the retention monitor.
+// consistent state, and starts the retention monitor. The directory is
+// locked until Close; one another store holds is refused with a
+// *DirInUseError.
 func Open(opts Options) (*Store, error) {
 	if opts.Dir == "" {
 		return nil, errors.New("open store: data directory required")
@@ -85,6 +88,17 @@ func Open(opts Options) (*Store, error) {
 		stop:    make(chan struct{}),
 	}
 	s.writable.Store(true)
+	lock, err := lockDir(opts.Dir) // before anything in the directory is touched
+	if err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	s.lock = lock
+	opened := false
+	defer func() {
+		if !opened {
+			s.lock.release()
+		}
+	}()
 	if err := os.MkdirAll(s.dbsDir(), 0o755); err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
@@ -118,6 +132,7 @@ func Open(opts Options) (*Store, error) {
 
 	s.wg.Add(1)
 	go s.monitorRetention()
+	opened = true
 	return s, nil
 }
 
@@ -130,7 +145,8 @@ func (s *Store) Close() error {
 		close(s.stop)
 	}
 	s.wg.Wait()
-	return s.closeDBs()
+	// The lock goes last: the next owner may start once nothing is written.
+	return errors.Join(s.closeDBs(), s.lock.release())
 }
 
 func (s *Store) closeDBs() error {
