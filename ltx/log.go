@@ -284,8 +284,9 @@ func (l *Log) loadPos() error {
 	return nil
 }
 
-// scanSegment reads the records of a segment, verifying each frame's CRC and
-// TXID, and returns their offsets and the end of the last good record.
+// scanSegment reads the records of a segment, verifying each frame's CRC,
+// header, TXID and chaining, and returns their offsets and the end of the
+// last good record.
 func scanSegment(path string, first TXID) (offs []int64, end int64, err error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -300,6 +301,7 @@ func scanSegment(path string, first TXID) (offs []int64, end int64, err error) {
 	br := bufio.NewReaderSize(f, 256<<10)
 	var fh [frameHeaderLen]byte
 	var body []byte
+	var prevPost Checksum
 	for off := int64(0); ; {
 		if _, err := io.ReadFull(br, fh[:]); err != nil {
 			return offs, off, nil
@@ -318,10 +320,17 @@ func scanSegment(path string, first TXID) (offs []int64, end int64, err error) {
 		if crc32.Checksum(body, crcTable) != binary.BigEndian.Uint32(fh[4:]) {
 			return offs, off, nil
 		}
+		// A record holds one valid transaction, the next TXID, starting
+		// from the checksum the record before it ended at.
 		var hdr Header
-		if err := hdr.UnmarshalBinary(body); err != nil || hdr.MaxTXID != first+TXID(len(offs)) {
+		if err := hdr.UnmarshalBinary(body); err != nil || hdr.Validate() != nil ||
+			hdr.MinTXID != hdr.MaxTXID || hdr.MaxTXID != first+TXID(len(offs)) {
 			return offs, off, nil
 		}
+		if len(offs) > 0 && hdr.PreApplyChecksum != prevPost {
+			return offs, off, nil
+		}
+		prevPost = Checksum(binary.BigEndian.Uint64(body[n-TrailerSize:]))
 		offs = append(offs, off)
 		off += frameHeaderLen + n
 	}

@@ -35,7 +35,6 @@ const (
 
 // Functions re-exported from the LTX format package.
 var (
-	NewDecoder   = format.NewDecoder
 	NewEncoder   = format.NewEncoder
 	ChecksumPage = format.ChecksumPage
 	NewHasher    = format.NewHasher
@@ -62,7 +61,7 @@ func DecodeHeader(r io.Reader) (Header, error) {
 // Verify decodes a whole LTX file, checking its structure and file checksum,
 // and returns its header and trailer.
 func Verify(r io.Reader) (Header, Trailer, error) {
-	dec := format.NewDecoder(r)
+	dec := NewDecoder(r)
 	dec.SetRetainPageIndex(false)
 	if err := dec.Verify(); err != nil {
 		return Header{}, Trailer{}, err
@@ -82,7 +81,7 @@ func ApplyTo(f interface {
 	io.WriterAt
 	Truncate(int64) error
 }, r io.Reader) (Header, Trailer, error) {
-	dec := format.NewDecoder(r)
+	dec := NewDecoder(r)
 	dec.SetRetainPageIndex(false)
 	if err := dec.DecodeHeader(); err != nil {
 		return Header{}, Trailer{}, fmt.Errorf("decode header: %w", err)
