@@ -6,16 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
-	"hash/crc64"
 	"io"
 	"math/rand"
 	"os"
 	"path/filepath"
-	"runtime"
+	"strings"
 	"testing"
 
-	format "github.com/superfly/ltx"
-
+	"github.com/litefs-project/litefs/internal/fuzzutil"
 	"github.com/litefs-project/litefs/ltx"
 )
 
@@ -25,160 +23,32 @@ import (
 // truncated and bit-flipped; crashers found by `go test -fuzz` are kept in
 // testdata/fuzz.
 
-// allocated returns the bytes fn allocates on the heap. A decoder that
-// trusts a length field allocates what the field says, which the input
-// does not back.
-func allocated(fn func()) uint64 {
-	var before, after runtime.MemStats
-	runtime.ReadMemStats(&before)
-	fn()
-	runtime.ReadMemStats(&after)
-	return after.TotalAlloc - before.TotalAlloc
-}
-
 // allocLimit is what decoding an input of n bytes may allocate: buffers of
 // a few maximal (64 KiB) pages, the decoder's tables, and a small multiple
 // of the input.
 func allocLimit(n int) uint64 { return 4<<20 + 8*uint64(n) }
 
-// seedPage returns page content of one kind: compressible, random or
-// zero, so that the seeds hold long and short LZ4 blocks.
-func seedPage(rnd *rand.Rand, pageSize uint32, pgno uint32) []byte {
-	b := make([]byte, pageSize)
-	switch pgno % 3 {
-	case 0:
-		rnd.Read(b)
-	case 1:
-		for i := range b {
-			b[i] = byte(i / 7)
-		}
-	}
-	return b
-}
-
-// encodeSeed encodes an LTX file of the given pages.
-func encodeSeed(tb testing.TB, hdr ltx.Header, pages map[uint32][]byte, pgnos []uint32) []byte {
-	tb.Helper()
-	var buf bytes.Buffer
-	enc, err := ltx.NewEncoder(&buf)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if err := enc.EncodeHeader(hdr); err != nil {
-		tb.Fatalf("encode header %+v: %v", hdr, err)
-	}
-	var sum ltx.Checksum
-	for _, pgno := range pgnos {
-		if err := enc.EncodePage(ltx.PageHeader{Pgno: pgno}, pages[pgno]); err != nil {
-			tb.Fatalf("encode page %d: %v", pgno, err)
-		}
-		sum ^= ltx.ChecksumPage(pgno, pages[pgno])
-	}
-	enc.SetPostApplyChecksum(ltx.ChecksumFlag | sum)
-	if err := enc.Close(); err != nil {
-		tb.Fatalf("close encoder: %v", err)
-	}
-	return buf.Bytes()
-}
-
 // validLTX returns LTX files as litefs writes them: a snapshot, a
 // changeset in the middle of a log, one that empties the database, and
 // pages of the largest size.
 func validLTX(tb testing.TB) [][]byte {
-	rnd := rand.New(rand.NewSource(1))
-	pages := func(pageSize uint32, pgnos ...uint32) map[uint32][]byte {
-		m := make(map[uint32][]byte)
+	enc := func(hdr ltx.Header, pgnos ...uint32) []byte {
+		pages := make(map[uint32][]byte)
+		var sum ltx.Checksum
 		for _, pgno := range pgnos {
-			m[pgno] = seedPage(rnd, pageSize, pgno)
+			pages[pgno] = fuzzutil.Page(hdr.PageSize, pgno, int64(hdr.MaxTXID))
+			sum ^= ltx.ChecksumPage(pgno, pages[pgno])
 		}
-		return m
+		return fuzzutil.EncodeLTX(tb, hdr, pages, pgnos, ltx.ChecksumFlag|sum)
 	}
 	pre := ltx.ChecksumFlag | 0x1234
 	return [][]byte{
-		encodeSeed(tb, ltx.Header{Version: ltx.Version, PageSize: 512, Commit: 3, MinTXID: 1, MaxTXID: 1, Timestamp: 1000},
-			pages(512, 1, 2, 3), []uint32{1, 2, 3}),
-		encodeSeed(tb, ltx.Header{Version: ltx.Version, PageSize: 512, Commit: 8, MinTXID: 5, MaxTXID: 5, Timestamp: 2000, PreApplyChecksum: pre, WALOffset: 32, WALSize: 1056, WALSalt1: 7, WALSalt2: 9, NodeID: 42},
-			pages(512, 2, 7), []uint32{2, 7}),
-		encodeSeed(tb, ltx.Header{Version: ltx.Version, PageSize: 1024, Commit: 0, MinTXID: 6, MaxTXID: 6, PreApplyChecksum: pre},
-			nil, nil),
-		encodeSeed(tb, ltx.Header{Version: ltx.Version, PageSize: 65536, Commit: 2, MinTXID: 1, MaxTXID: 9},
-			pages(65536, 1, 2), []uint32{1, 2}),
+		enc(ltx.Header{Version: ltx.Version, PageSize: 512, Commit: 3, MinTXID: 1, MaxTXID: 1, Timestamp: 1000}, 1, 2, 3),
+		enc(ltx.Header{Version: ltx.Version, PageSize: 512, Commit: 8, MinTXID: 5, MaxTXID: 5, Timestamp: 2000, PreApplyChecksum: pre,
+			WALOffset: 32, WALSize: 1056, WALSalt1: 7, WALSalt2: 9, NodeID: 42}, 2, 7),
+		enc(ltx.Header{Version: ltx.Version, PageSize: 1024, Commit: 0, MinTXID: 6, MaxTXID: 6, PreApplyChecksum: pre}),
+		enc(ltx.Header{Version: ltx.Version, PageSize: 65536, Commit: 2, MinTXID: 1, MaxTXID: 9}, 1, 2),
 	}
-}
-
-// variants returns b truncated at a few places and with single bits
-// flipped in its header, first page and trailer.
-func variants(b []byte) [][]byte {
-	var out [][]byte
-	for _, n := range []int{0, 1, ltx.HeaderSize - 1, ltx.HeaderSize, ltx.HeaderSize + 6, ltx.HeaderSize + 10, len(b) / 2, len(b) - ltx.TrailerSize, len(b) - 1} {
-		if n >= 0 && n < len(b) {
-			out = append(out, bytes.Clone(b[:n]))
-		}
-	}
-	for _, off := range []int{4, 9, 13, 23, 31, 47, ltx.HeaderSize + 3, ltx.HeaderSize + 5, ltx.HeaderSize + 8, ltx.HeaderSize + 12, len(b) - 20, len(b) - 12, len(b) - 1} {
-		if off >= 0 && off < len(b) {
-			c := bytes.Clone(b)
-			c[off] ^= 0x10
-			out = append(out, c)
-		}
-	}
-	return out
-}
-
-// hugePageData is a changeset whose first page claims a compressed size
-// of 4 GiB, backed by nothing.
-func hugePageData(tb testing.TB) []byte {
-	b := bytes.Clone(validLTX(tb)[1])
-	binary.BigEndian.PutUint32(b[ltx.HeaderSize+6:], 0xffffffff)
-	return b
-}
-
-// fixChecksum rewrites the file checksum of an LTX file so that it
-// matches its content, if its page block can be walked, so that the
-// fuzzer's mutations of the header and pages get past the checksum to
-// the checks behind it. It returns b unchanged otherwise.
-func fixChecksum(b []byte) []byte {
-	const pageHeaderSize = 6
-	if len(b) < ltx.HeaderSize+pageHeaderSize+ltx.TrailerSize {
-		return b
-	}
-	h := crc64.New(crc64.MakeTable(crc64.ISO))
-	h.Write(b[:ltx.HeaderSize])
-	off := ltx.HeaderSize
-	for {
-		if off+pageHeaderSize > len(b)-ltx.TrailerSize {
-			return b
-		}
-		ph := b[off : off+pageHeaderSize]
-		if bytes.Equal(ph, make([]byte, pageHeaderSize)) {
-			break
-		}
-		if binary.BigEndian.Uint16(ph[4:])&format.PageHeaderFlagSize == 0 || off+pageHeaderSize+4 > len(b) {
-			return b
-		}
-		size := int(binary.BigEndian.Uint32(b[off+pageHeaderSize:]))
-		end := off + pageHeaderSize + 4 + size
-		if size < 0 || end > len(b)-ltx.TrailerSize || end < off {
-			return b
-		}
-		_, data, err := format.DecodePageData(b[off:end])
-		if err != nil {
-			return b
-		}
-		// The checksum covers the page as the decoder fills its buffer:
-		// a page's worth of bytes.
-		pageSize := int(binary.BigEndian.Uint32(b[8:]))
-		if pageSize > len(data) || pageSize <= 0 {
-			return b
-		}
-		h.Write(b[off : off+pageHeaderSize+4])
-		h.Write(data[:pageSize])
-		off = end
-	}
-	h.Write(b[off : len(b)-8])
-	c := bytes.Clone(b)
-	binary.BigEndian.PutUint64(c[len(c)-8:], uint64(ltx.ChecksumFlag|ltx.Checksum(h.Sum64())))
-	return c
 }
 
 // decodedFile is an LTX file's content as the decoder gives it.
@@ -242,29 +112,30 @@ func (m *memFile) Truncate(n int64) error {
 func FuzzDecode(f *testing.F) {
 	for _, b := range validLTX(f) {
 		f.Add(b, false)
-		for _, v := range variants(b) {
+		for _, v := range fuzzutil.Variants(b) {
 			f.Add(v, false)
 			f.Add(v, true)
 		}
 	}
-	f.Add(hugePageData(f), false)
-	f.Add(hugePageData(f), true)
+	huge := fuzzutil.HugeBlock(validLTX(f)[1])
+	f.Add(huge, false)
+	f.Add(huge, true)
 
 	f.Fuzz(func(t *testing.T, data []byte, fix bool) {
 		if fix {
-			data = fixChecksum(data)
+			data = fuzzutil.FixChecksum(data)
 		}
 		var (
 			hdr     ltx.Header
 			trailer ltx.Trailer
 			err     error
 		)
-		if n := allocated(func() { hdr, trailer, err = ltx.Verify(bytes.NewReader(data)) }); n > allocLimit(len(data)) {
+		if n := fuzzutil.Allocated(func() { hdr, trailer, err = ltx.Verify(bytes.NewReader(data)) }); n > allocLimit(len(data)) {
 			t.Fatalf("verifying %d bytes allocated %d bytes (verdict: %v)", len(data), n, err)
 		}
 		var mf memFile
 		var applyErr error
-		if n := allocated(func() { _, _, applyErr = ltx.ApplyTo(&mf, bytes.NewReader(data)) }); n > allocLimit(len(data))+uint64(cap(mf.b)) {
+		if n := fuzzutil.Allocated(func() { _, _, applyErr = ltx.ApplyTo(&mf, bytes.NewReader(data)) }); n > allocLimit(len(data))+uint64(cap(mf.b)) {
 			t.Fatalf("applying %d bytes allocated %d bytes (verdict: %v)", len(data), n, applyErr)
 		}
 		if (err == nil) != (applyErr == nil) {
@@ -419,7 +290,7 @@ func (d *seedDB) append(tb testing.TB, l *ltx.Log) {
 		pgnos = []uint32{uint32(1 + d.rnd.Intn(3))}
 	}
 	for _, p := range pgnos {
-		d.pages[p] = seedPage(d.rnd, 512, p+uint32(d.pos.TXID))
+		d.pages[p] = fuzzutil.Page(512, p, int64(d.pos.TXID)+d.rnd.Int63())
 	}
 	// The log checks only that checksums chain; after a reset the model
 	// does not know the other pages, so the post-apply checksum is just
@@ -452,7 +323,7 @@ func (d *seedDB) append(tb testing.TB, l *ltx.Log) {
 func FuzzOpenLog(f *testing.F) {
 	for _, seg := range logSeeds(f) {
 		f.Add(seg, false)
-		for _, v := range variants(seg) {
+		for _, v := range fuzzutil.Variants(seg) {
 			f.Add(v, false)
 			f.Add(v, true)
 		}
@@ -460,7 +331,7 @@ func FuzzOpenLog(f *testing.F) {
 	valid := validLTX(f)
 	f.Add(segmentOf(valid[0]), false)
 	f.Add(segmentOf(valid[0], valid[1]), false)
-	f.Add(segmentOf(hugePageData(f)), false)
+	f.Add(segmentOf(fuzzutil.HugeBlock(valid[1])), false)
 
 	f.Fuzz(func(t *testing.T, seg []byte, fix bool) {
 		if fix {
@@ -541,4 +412,26 @@ func mustRead(t *testing.T, path string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// FuzzParsePos parses positions as the log's base file and the mount's
+// "-pos" files hold them: what parses is what FormatPos writes.
+func FuzzParsePos(f *testing.F) {
+	for _, p := range []ltx.Pos{{}, {TXID: 1, PostApplyChecksum: ltx.ChecksumFlag | 0xabc}, {TXID: 1<<64 - 1, PostApplyChecksum: 1<<64 - 1}} {
+		s := strings.TrimSpace(ltx.FormatPos(p))
+		f.Add(s)
+		f.Add(strings.ToUpper(s))
+		f.Add(s[:16] + "-" + s[17:])
+		f.Add(s[:len(s)-1])
+		f.Add("+" + s[1:])
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		p, err := ltx.ParsePos(s)
+		if err != nil {
+			return
+		}
+		if got := strings.TrimSpace(ltx.FormatPos(p)); got != strings.ToLower(s) {
+			t.Fatalf("ParsePos(%q) = %s, which formats as %q", s, p, got)
+		}
+	})
 }

@@ -38,11 +38,20 @@ var (
 	NewEncoder   = format.NewEncoder
 	ChecksumPage = format.ChecksumPage
 	NewHasher    = format.NewHasher
-	ParsePos     = format.ParsePos
 )
 
 // ChecksumPageWith computes a page checksum reusing the scratch hasher h.
 var ChecksumPageWith = format.ChecksumPageWithHasher
+
+// ParsePos parses a position as FormatPos writes it (without the newline):
+// "TXID/CHECKSUM", 16 hex digits each. The format package's parser does
+// not look at the separator.
+func ParsePos(s string) (Pos, error) {
+	if len(s) == 33 && s[16] != '/' {
+		return Pos{}, fmt.Errorf("invalid position %q: want TXID/CHECKSUM", s)
+	}
+	return format.ParsePos(s)
+}
 
 // FormatPos renders a position the way the mount's "-pos" files show it.
 func FormatPos(p Pos) string {
