@@ -1,7 +1,10 @@
 package fuse
 
 import (
+	"bytes"
+	"fmt"
 	"os"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -200,19 +203,79 @@ func (s *Server) setattr(r *bfuse.SetattrRequest) {
 		r.RespondError(syscall.ESTALE)
 		return
 	}
+	// Modes and owners are fixed (every file is the daemon's, 0644 or
+	// 0444): a change is refused rather than claimed and dropped. Setting
+	// them to what they are succeeds; SQLite does that, as root, to each
+	// journal and WAL it creates. Times are accepted and ignored: a file's
+	// time is that of its content, and touch(1) must keep working.
+	if err := s.checkFixedAttrs(n, r); err != nil {
+		s.fail(r, "setattr", n.name, err)
+		return
+	}
 	if r.Valid.Size() {
 		if n.db == nil {
 			r.RespondError(syscall.EACCES)
 			return
 		}
-		err := n.db.Truncate(n.kind, int64(r.Size))
+		var pid uint32
+		if n.kind == store.FileDatabase {
+			pid = processOf(r.Pid)
+		}
+		err := n.db.Truncate(n.kind, int64(r.Size), pid)
 		if err != nil {
 			s.reply(r, "truncate", n.name, err, func() { s.respondSetattr(r, n) })
 			return
 		}
 	}
-	// Modes, owners and times are fixed; accept and ignore changes to them.
 	s.respondSetattr(r, n)
+}
+
+// permBits are the mode bits chmod(2) sets.
+const permBits = os.ModePerm | os.ModeSetuid | os.ModeSetgid | os.ModeSticky
+
+// checkFixedAttrs refuses with EPERM a setattr that changes a file's mode,
+// owner or group.
+func (s *Server) checkFixedAttrs(n *node, r *bfuse.SetattrRequest) error {
+	if !r.Valid.Mode() && !r.Valid.Uid() && !r.Valid.Gid() {
+		return nil
+	}
+	var a bfuse.Attr
+	if err := s.attr(n, &a); err != nil {
+		return err
+	}
+	switch {
+	case r.Valid.Mode() && r.Mode&permBits != a.Mode&permBits:
+		return fmt.Errorf("change mode to %v (is %v): modes in the mount are fixed: %w", r.Mode&permBits, a.Mode&permBits, syscall.EPERM)
+	case r.Valid.Uid() && r.Uid != a.Uid:
+		return fmt.Errorf("change owner to %d (is %d): owners in the mount are fixed: %w", r.Uid, a.Uid, syscall.EPERM)
+	case r.Valid.Gid() && r.Gid != a.Gid:
+		return fmt.Errorf("change group to %d (is %d): groups in the mount are fixed: %w", r.Gid, a.Gid, syscall.EPERM)
+	}
+	return nil
+}
+
+// processOf returns the process a thread belongs to. FUSE names the
+// thread that made a request, lock requests name its process, and the
+// store asks whether a truncating process holds a lock. 0 if unknown (the
+// thread is in a PID namespace the daemon cannot see).
+func processOf(tid uint32) uint32 {
+	if tid == 0 {
+		return 0
+	}
+	b, err := os.ReadFile("/proc/" + strconv.FormatUint(uint64(tid), 10) + "/status")
+	if err != nil {
+		return 0
+	}
+	_, rest, ok := bytes.Cut(b, []byte("\nTgid:"))
+	if !ok {
+		return 0
+	}
+	line, _, _ := bytes.Cut(rest, []byte("\n"))
+	pid, err := strconv.ParseUint(string(bytes.TrimSpace(line)), 10, 32)
+	if err != nil {
+		return 0
+	}
+	return uint32(pid)
 }
 
 func (s *Server) respondSetattr(r *bfuse.SetattrRequest, n *node) {
@@ -256,7 +319,7 @@ func (s *Server) create(r *bfuse.CreateRequest) {
 		}
 	}
 	if err == nil && r.Flags&bfuse.OpenTruncate != 0 && kind != store.FileDatabase {
-		err = db.Truncate(kind, 0)
+		err = db.Truncate(kind, 0, 0)
 	}
 	if err != nil && store.PendingOf(err) == nil {
 		s.failOpen(r, "create", r.Name, err)

@@ -61,22 +61,6 @@ func (db *DB) writeDatabase(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
-// truncateDatabase handles a truncation of the database file.
-func (db *DB) truncateDatabase(size int64) error {
-	if err := db.beforeDatabaseTruncate(size); err != nil {
-		return err
-	}
-	if err := db.dbFile.Truncate(size); err != nil {
-		return fmt.Errorf("truncate %s: %w", db.name, err)
-	}
-	// In WAL mode a checkpoint shrinks the file to the committed size; the
-	// logical content is unchanged. Otherwise it is part of a transaction.
-	if len(db.walState.pages) == 0 {
-		db.tx.truncated = true
-	}
-	return nil
-}
-
 func (db *DB) writeJournal(p []byte, off int64) (int, error) {
 	// PERSIST mode (and exclusive locking mode) commit by zeroing the
 	// journal header instead of deleting the file; the header is written
@@ -184,6 +168,17 @@ func (db *DB) commitRollback(onCommit func() error) error {
 	for pgno := range tx.dirty {
 		if pgno <= commit {
 			pgnos = append(pgnos, pgno)
+		}
+	}
+	if tx.truncated && pageSize != 0 {
+		// Pages the truncation cut off that the header still counts read
+		// as zeros now, whatever they held: they are part of the change,
+		// so the position describes what readers see.
+		lockPgno := sqlite.LockPgno(pageSize)
+		for pgno := uint32(fi.Size()/int64(pageSize)) + 1; pgno <= commit; pgno++ {
+			if _, ok := tx.dirty[pgno]; !ok && pgno != lockPgno {
+				pgnos = append(pgnos, pgno)
+			}
 		}
 	}
 	slices.Sort(pgnos)

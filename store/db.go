@@ -349,33 +349,6 @@ func (db *DB) WriteAt(kind FileKind, p []byte, off int64) (int, error) {
 	return 0, fmt.Errorf("write to %s: %w", kind, syscall.EINVAL)
 }
 
-// Truncate sets the size of one of the database's files.
-func (db *DB) Truncate(kind FileKind, size int64) error {
-	db.mu.Lock()
-	defer db.mu.Unlock()
-	if !db.existsLocked(kind) {
-		return ErrNotExist
-	}
-	switch kind {
-	case FileSHM:
-		db.resizeSHM(size)
-		return nil
-	case FilePos, FileLock:
-		return fmt.Errorf("truncate %s of %s: %w", kind, db.name, syscall.EACCES)
-	}
-	if !db.writableLocked() {
-		return fmt.Errorf("truncate %s of %s: %w", kind, db.name, ErrReadOnly)
-	}
-	switch kind {
-	case FileDatabase:
-		return db.truncateDatabase(size)
-	case FileJournal:
-		return db.truncateJournal(size)
-	default:
-		return db.truncateWAL(size)
-	}
-}
-
 // Remove deletes a journal, WAL or shared-memory file. The backing file is
 // kept, emptied, so that the next transaction does not pay for creating it.
 func (db *DB) Remove(kind FileKind) error {

@@ -3,6 +3,8 @@ package store
 import (
 	"fmt"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 )
 
 // FileKind is one of the files a database shows in the mount.
@@ -68,7 +70,15 @@ func ParseFilename(name string) (db string, kind FileKind) {
 var ErrInvalidName = fmt.Errorf("invalid database name")
 
 // ValidateName checks that name can be a database: a single, non-hidden
-// path element that does not end in a suffix reserved for its files.
+// path element of printable UTF-8 that does not end in a suffix reserved
+// for its files.
+//
+// Names travel to other nodes, into logs, metrics and listings, so a name
+// must read the same everywhere: no control characters (a newline would
+// forge a log line, an escape sequence would drive a terminal), no
+// invisible bidirectional controls (U+202E displays "evil\u202egpj.db" as
+// "evilbd.jpg"), no leading or trailing whitespace (" a.db" and "a.db"
+// look alike), and nothing that is not UTF-8.
 func ValidateName(name string) error {
 	switch {
 	case name == "":
@@ -79,9 +89,42 @@ func ValidateName(name string) error {
 		return fmt.Errorf("%w: %q contains a slash or NUL; databases live in a flat directory", ErrInvalidName, name)
 	case strings.HasPrefix(name, "."):
 		return fmt.Errorf("%w: %q starts with a dot; those names are reserved", ErrInvalidName, name)
+	case !utf8.ValidString(name):
+		return fmt.Errorf("%w: %q is not valid UTF-8", ErrInvalidName, name)
+	}
+	for i, r := range name {
+		switch {
+		case unicode.Is(unicode.Cc, r):
+			return fmt.Errorf("%w: %q contains the control character %U at byte %d", ErrInvalidName, name, r, i)
+		case isBidiControl(r):
+			return fmt.Errorf("%w: %q contains the bidirectional text control %U at byte %d, which changes how the name displays", ErrInvalidName, name, r, i)
+		case r == '\u2028' || r == '\u2029':
+			return fmt.Errorf("%w: %q contains the line separator %U at byte %d", ErrInvalidName, name, r, i)
+		}
+	}
+	if first, _ := utf8.DecodeRuneInString(name); unicode.IsSpace(first) {
+		return fmt.Errorf("%w: %q begins with whitespace", ErrInvalidName, name)
+	}
+	if last, _ := utf8.DecodeLastRuneInString(name); unicode.IsSpace(last) {
+		return fmt.Errorf("%w: %q ends with whitespace", ErrInvalidName, name)
 	}
 	if _, kind := ParseFilename(name); kind != FileDatabase {
 		return fmt.Errorf("%w: %q ends in %q, which is reserved for the database's %s file", ErrInvalidName, name, kind.Suffix(), kind)
 	}
 	return nil
+}
+
+// isBidiControl reports whether r is one of Unicode's bidirectional
+// formatting characters: the marks (ALM, LRM, RLM), the embeddings and
+// overrides (LRE, RLE, PDF, LRO, RLO) and the isolates (LRI, RLI, FSI, PDI).
+func isBidiControl(r rune) bool {
+	switch {
+	case r == '\u061c', r == '\u200e', r == '\u200f':
+		return true
+	case r >= '\u202a' && r <= '\u202e':
+		return true
+	case r >= '\u2066' && r <= '\u2069':
+		return true
+	}
+	return false
 }
