@@ -1,7 +1,8 @@
 # litefs: a FUSE filesystem of replicated SQLite databases.
 #
 #   make demo    build, install what is missing, run a small cluster and show it working
-#   make test    run every test (race detector on), as CI does
+#   make test    run every test (race detector on), then every fuzz target briefly, as CI does
+#   make fuzz    run every fuzz target for FUZZTIME (10s) each
 #   make bench   measure litefs against plain SQLite on this machine
 #   make lint    go vet, gofmt and staticcheck
 
@@ -9,7 +10,7 @@ GO          ?= go
 BIN         := bin
 STATICCHECK := $(BIN)/staticcheck
 
-.PHONY: all build deps consul etcd test bench demo lint clean
+.PHONY: all build deps consul etcd test fuzz bench demo lint clean
 
 all: build
 
@@ -37,6 +38,13 @@ test: deps consul etcd
 	# -count=1: the tests in tests/ run a litefs binary they build, whose
 	# sources the test cache does not see.
 	$(LEASE_ENV) $(GO) test -race -count=1 -timeout 25m ./...
+	@GO=$(GO) FUZZTIME=5s scripts/fuzz.sh
+
+# Every fuzz target for FUZZTIME each, one at a time. A failing input is
+# left in PKG/testdata/fuzz/TARGET/: fix the code and keep it in git.
+FUZZTIME ?= 10s
+fuzz:
+	@GO=$(GO) FUZZTIME=$(FUZZTIME) scripts/fuzz.sh
 
 bench: deps consul etcd build
 	$(LEASE_ENV) $(GO) run ./cmd/litefs-bench -litefs $(BIN)/litefs
