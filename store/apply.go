@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"syscall"
 
 	"github.com/litefs-project/litefs/internal/rangelock"
@@ -160,8 +161,9 @@ func (db *DB) alreadyHas(data io.ReaderAt, size int64) (ltx.Pos, bool) {
 
 // verifyChangeset decodes a whole changeset and checks that it continues
 // the database: next TXID, pre-apply checksum equal to the position, file
-// checksum, and a post-apply checksum equal to what the database's
-// content will be once the pages are written. It returns the pages.
+// checksum, every new page of a database it grows, and a post-apply
+// checksum equal to what the database's content will be once the pages
+// are written. It returns the pages.
 func (db *DB) verifyChangeset(r io.Reader) (ltx.Header, ltx.Trailer, []uint32, error) {
 	db.mu.Lock()
 	defer db.mu.Unlock()
@@ -210,6 +212,17 @@ func (db *DB) verifyChangeset(r io.Reader) (ltx.Header, ltx.Trailer, []uint32, e
 		for pgno := hdr.Commit + 1; pgno <= db.chk.PageN(); pgno++ {
 			xor ^= db.chk.Get(pgno)
 		}
+		// A transaction that grows the database writes its new pages.
+		// Without them the file would grow by zeros that the checksums
+		// do not count, and a size the input does not back would cost
+		// memory for page checksums.
+		if old := db.chk.PageN(); hdr.Commit > old {
+			n, want := newPages(pgnos, old), expectedPages(hdr.Commit, hdr.PageSize)-expectedPages(old, hdr.PageSize)
+			if n != want {
+				return hdr, ltx.Trailer{}, nil, fmt.Errorf("%w: changeset %s for %s grows it from %d to %d pages but holds %d of the %d new pages",
+					ErrMismatch, hdr.MinTXID, db.name, old, hdr.Commit, n, want)
+			}
+		}
 	}
 	trailer := dec.Trailer()
 	if sum := ltx.ChecksumFlag | xor; sum != trailer.PostApplyChecksum {
@@ -217,6 +230,13 @@ func (db *DB) verifyChangeset(r io.Reader) (ltx.Header, ltx.Trailer, []uint32, e
 			ErrMismatch, hdr.MinTXID, db.name, trailer.PostApplyChecksum, sum)
 	}
 	return hdr, trailer, pgnos, nil
+}
+
+// newPages counts the pages of pgnos (ascending) beyond a database of
+// pageN pages.
+func newPages(pgnos []uint32, pageN uint32) uint32 {
+	i, _ := slices.BinarySearch(pgnos, pageN+1)
+	return uint32(len(pgnos) - i)
 }
 
 // coversAllPages reports whether pgnos, distinct and ascending, are every
