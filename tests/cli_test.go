@@ -36,8 +36,8 @@ func TestConfigErrors(t *testing.T) {
 	}{
 		{"unknown key", "fuse:\n  dir: /x\n  dri: /y\nlease:\n  type: static\n", `unknown key "fuse.dri" at line 3`},
 		{"unknown section", "lease:\n  type: static\nreplication:\n  x: 1\n", `unknown key "replication" at line 3`},
-		{"bad lease type", "lease:\n  type: raft\n", `invalid lease.type "raft"`},
-		{"no lease type", "fuse:\n  dir: /x\n", `lease.type is required`},
+		{"bad lease type", "fuse:\n  dir: /x\ndata:\n  dir: /y\nlease:\n  type: raft\n", `invalid lease.type "raft"`},
+		{"no lease type", "fuse:\n  dir: /x\ndata:\n  dir: /y\n", `lease.type is required`},
 		{"bad duration", "lease:\n  type: static\ndata:\n  retention: soon\n", `invalid value`},
 		{"bad yaml", "lease: [\n", `invalid YAML`},
 	}

@@ -41,6 +41,11 @@ func runMount(args []string) error {
 	if err != nil {
 		return err
 	}
+	// Symbolic links are followed only here, at start-up and before
+	// anything is created or mounted.
+	if err := cfg.ValidateDirs(); err != nil {
+		return fmt.Errorf("config file %s: %w", path, err)
+	}
 	if *fuseDebug {
 		cfg.FUSE.Debug = true
 	}

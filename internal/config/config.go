@@ -36,7 +36,8 @@ type Config struct {
 	Backup  BackupConfig  `yaml:"backup"`
 }
 
-// DataConfig is where databases and changeset logs are kept.
+// DataConfig is where databases and changeset logs are kept. Dir is
+// required, outside FUSEConfig.Dir, and locked by the running node.
 type DataConfig struct {
 	Dir                      string        `yaml:"dir"`
 	Compress                 bool          `yaml:"compress"`
@@ -44,7 +45,7 @@ type DataConfig struct {
 	RetentionMonitorInterval time.Duration `yaml:"retention-monitor-interval"`
 }
 
-// FUSEConfig is the mount.
+// FUSEConfig is the mount. Dir is required.
 type FUSEConfig struct {
 	Dir        string `yaml:"dir"`
 	AllowOther bool   `yaml:"allow-other"`
@@ -177,10 +178,9 @@ func (e *ExecConfigs) UnmarshalYAML(n *yaml.Node) error {
 }
 
 // Defaults used when a key is not set. Those of settings a package owns
-// are that package's.
+// are that package's. fuse.dir and data.dir have none: a configuration
+// names both.
 const (
-	DefaultDataDir                  = "/var/lib/litefs"
-	DefaultFUSEDir                  = "/litefs"
 	DefaultHTTPAddr                 = ":20202"
 	DefaultRetention                = store.DefaultRetention
 	DefaultRetentionMonitorInterval = store.DefaultRetentionMonitorInterval
@@ -201,12 +201,10 @@ func New() Config {
 	return Config{
 		ExitOnError: true,
 		Data: DataConfig{
-			Dir:                      DefaultDataDir,
 			Compress:                 true,
 			Retention:                DefaultRetention,
 			RetentionMonitorInterval: DefaultRetentionMonitorInterval,
 		},
-		FUSE: FUSEConfig{Dir: DefaultFUSEDir},
 		HTTP: HTTPConfig{Addr: DefaultHTTPAddr},
 		Lease: LeaseConfig{
 			Candidate:      true,
@@ -290,15 +288,16 @@ func Parse(data []byte, expandEnv bool) (Config, error) {
 
 // Validate checks the configuration for missing or contradictory settings.
 func (c *Config) Validate() error {
+	if err := c.validateDirs(); err != nil {
+		return err
+	}
 	switch {
-	case c.FUSE.Dir == "":
-		return errors.New("fuse.dir is required")
-	case c.Data.Dir == "":
-		return errors.New("data.dir is required")
-	case c.Data.Retention < 0:
-		return errors.New("data.retention must not be negative")
-	case c.Data.RetentionMonitorInterval < 0:
-		return errors.New("data.retention-monitor-interval must not be negative")
+	case !c.Data.Compress:
+		return errors.New("data.compress: false is not supported: changesets are always LZ4-compressed")
+	case c.Data.Retention <= 0:
+		return fmt.Errorf("data.retention must be greater than zero, not %s", c.Data.Retention)
+	case c.Data.RetentionMonitorInterval <= 0:
+		return fmt.Errorf("data.retention-monitor-interval must be greater than zero, not %s", c.Data.RetentionMonitorInterval)
 	}
 	switch c.Lease.Type {
 	case "static":

@@ -13,8 +13,31 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
+// static is a lease section alone: enough for the tests decided before
+// validation (unknown keys, YAML errors), and the start of those that
+// set the directories themselves.
+const static = "lease:\n  type: static\n"
+
+// dirs sets fuse.dir and data.dir, which have no defaults.
+const dirs = "fuse:\n  dir: /mnt/litefs\ndata:\n  dir: /var/lib/litefs\n"
+
 // minimal is the smallest configuration that validates.
-const minimal = "lease:\n  type: static\n"
+const minimal = static + dirs
+
+// addDirs adds the fuse and data sections of dirs to a test
+// configuration that has no such section.
+func addDirs(in string) string {
+	has := func(section string) bool {
+		return strings.HasPrefix(in, section+":") || strings.Contains(in, "\n"+section+":")
+	}
+	if !has("fuse") {
+		in += "fuse:\n  dir: /mnt/litefs\n"
+	}
+	if !has("data") {
+		in += "data:\n  dir: /var/lib/litefs\n"
+	}
+	return in
+}
 
 func TestNewDefaults(t *testing.T) {
 	c := New()
@@ -26,11 +49,11 @@ func TestNewDefaults(t *testing.T) {
 		{"skip-sync", c.SkipSync, false},
 		{"strict-verify", c.StrictVerify, false},
 		{"exec", len(c.Exec), 0},
-		{"data.dir", c.Data.Dir, "/var/lib/litefs"},
+		{"data.dir", c.Data.Dir, ""}, // required
 		{"data.compress", c.Data.Compress, true},
 		{"data.retention", c.Data.Retention, 10 * time.Minute},
 		{"data.retention-monitor-interval", c.Data.RetentionMonitorInterval, time.Minute},
-		{"fuse.dir", c.FUSE.Dir, "/litefs"},
+		{"fuse.dir", c.FUSE.Dir, ""}, // required
 		{"fuse.allow-other", c.FUSE.AllowOther, false},
 		{"fuse.debug", c.FUSE.Debug, false},
 		{"http.addr", c.HTTP.Addr, ":20202"},
@@ -67,9 +90,9 @@ func TestNewDefaults(t *testing.T) {
 		}
 	}
 
-	// The defaults alone lack a lease type.
-	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "lease.type") {
-		t.Errorf("New().Validate() = %v, want an error about lease.type", err)
+	// The defaults alone lack the directories.
+	if err := c.Validate(); err == nil || err.Error() != "fuse.dir is required" {
+		t.Errorf("New().Validate() = %v, want fuse.dir is required", err)
 	}
 }
 
@@ -80,6 +103,7 @@ func TestParseMinimalKeepsDefaults(t *testing.T) {
 	}
 	want := New()
 	want.Lease.Type = "static"
+	want.FUSE.Dir, want.Data.Dir = "/mnt/litefs", "/var/lib/litefs"
 	if !reflect.DeepEqual(c, want) {
 		t.Fatalf("Parse(minimal) =\n%+v\nwant\n%+v", c, want)
 	}
@@ -88,13 +112,14 @@ func TestParseMinimalKeepsDefaults(t *testing.T) {
 func TestParseEmpty(t *testing.T) {
 	for _, in := range []string{"", "\n", "# just a comment\n"} {
 		_, err := Parse([]byte(in), false)
-		if err == nil || !strings.Contains(err.Error(), "lease.type") {
-			t.Errorf("Parse(%q) error = %v, want missing lease.type", in, err)
+		if err == nil || err.Error() != "fuse.dir is required" {
+			t.Errorf("Parse(%q) error = %v, want fuse.dir is required", in, err)
 		}
 	}
 }
 
-// fullYAML sets every key litefs knows, each to a non-default value.
+// fullYAML sets every key litefs knows, each to a non-default value where
+// one is accepted (data.compress has only its default).
 const fullYAML = `
 exec:
   - cmd: "migrate --up"
@@ -106,7 +131,7 @@ strict-verify: true
 
 data:
   dir: /data/litefs
-  compress: false
+  compress: true
   retention: 1h
   retention-monitor-interval: 30s
 
@@ -203,7 +228,7 @@ func TestParseFull(t *testing.T) {
 		StrictVerify: true,
 		Data: DataConfig{
 			Dir:                      "/data/litefs",
-			Compress:                 false,
+			Compress:                 true,
 			Retention:                time.Hour,
 			RetentionMonitorInterval: 30 * time.Second,
 		},
@@ -323,19 +348,19 @@ func TestParseUnknownKey(t *testing.T) {
 		name, in string
 		want     string // exact error text, or a prefix ending in "..."
 	}{
-		{"top level", minimal + "bogus: 1\n", `unknown key "bogus" at line 3`},
+		{"top level", static + "bogus: 1\n", `unknown key "bogus" at line 3`},
 		{"typo in fuse", "lease:\n  type: static\nfuse:\n  dri: /mnt\n", `unknown key "fuse.dri" at line 4`},
 		{"fuse.dri on line 3", "fuse:\n  dir: /mnt\n  dri: /x\nlease:\n  type: static\n", `unknown key "fuse.dri" at line 3`},
 		{"nested consul", "lease:\n  type: consul\n  consul:\n    url: http://x\n    keys: k\n", `unknown key "lease.consul.keys" at line 5`},
-		{"data", minimal + "data:\n  dir: /d\n  retension: 1m\n", `unknown key "data.retension" at line 5`},
-		{"proxy", minimal + "proxy:\n  adr: :8080\n", `unknown key "proxy.adr" at line 4`},
-		{"tracing", minimal + "tracing:\n  max_size: 3\n", `unknown key "tracing.max_size" at line 4`},
-		{"backup", minimal + "backup:\n  token: x\n", `unknown key "backup.token" at line 4`},
-		{"http", minimal + "http:\n  address: :1\n", `unknown key "http.address" at line 4`},
-		{"log", minimal + "log:\n  level: debug\n", `unknown key "log.level" at line 4`},
-		{"underscore variant of a known key", minimal + "exit_on_error: true\n", `unknown key "exit_on_error" at line 3`},
-		{"duplicate section", minimal + "lease:\n  type: static\n", "mapping key \"lease\" already defined..."},
-		{"first unknown of several is reported", minimal + "fuse:\n  dri: /a\n  dbg: true\n", `unknown key "fuse.dri" at line 4`},
+		{"data", static + "data:\n  dir: /d\n  retension: 1m\n", `unknown key "data.retension" at line 5`},
+		{"proxy", static + "proxy:\n  adr: :8080\n", `unknown key "proxy.adr" at line 4`},
+		{"tracing", static + "tracing:\n  max_size: 3\n", `unknown key "tracing.max_size" at line 4`},
+		{"backup", static + "backup:\n  token: x\n", `unknown key "backup.token" at line 4`},
+		{"http", static + "http:\n  address: :1\n", `unknown key "http.address" at line 4`},
+		{"log", static + "log:\n  level: debug\n", `unknown key "log.level" at line 4`},
+		{"underscore variant of a known key", static + "exit_on_error: true\n", `unknown key "exit_on_error" at line 3`},
+		{"duplicate section", static + "lease:\n  type: static\n", "mapping key \"lease\" already defined..."},
+		{"first unknown of several is reported", static + "fuse:\n  dri: /a\n  dbg: true\n", `unknown key "fuse.dri" at line 4`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Parse([]byte(tc.in), false)
@@ -361,9 +386,9 @@ func TestParseUnknownKeyInExecList(t *testing.T) {
 		key      string
 		line     string
 	}{
-		{"first item", minimal + "exec:\n  - cmd: a\n    if-candidat: true\n", "if-candidat", "line 5"},
-		{"second item", minimal + "exec:\n  - cmd: a\n  - cmd: b\n    if_candidate: true\n", "if_candidate", "line 6"},
-		{"flow style", minimal + "exec: [{cmd: a}, {command: b}]\n", "command", "line 3"},
+		{"first item", static + "exec:\n  - cmd: a\n    if-candidat: true\n", "if-candidat", "line 5"},
+		{"second item", static + "exec:\n  - cmd: a\n  - cmd: b\n    if_candidate: true\n", "if_candidate", "line 6"},
+		{"flow style", static + "exec: [{cmd: a}, {command: b}]\n", "command", "line 3"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Parse([]byte(tc.in), false)
@@ -416,7 +441,7 @@ func TestParseExec(t *testing.T) {
 }
 
 func TestExecInvalidTypeMentionsLine(t *testing.T) {
-	_, err := Parse([]byte(minimal+"exec:\n  cmd: serve\n"), false)
+	_, err := Parse([]byte(static+"exec:\n  cmd: serve\n"), false)
 	if err == nil || !strings.Contains(err.Error(), "line 4") {
 		t.Fatalf("error = %v, want it to name line 4", err)
 	}
@@ -429,18 +454,24 @@ func TestParseValues(t *testing.T) {
 		want     any
 		wantErr  string
 	}{
-		{"seconds", "data:\n  retention: 10s\n", func(c Config) any { return c.Data.Retention }, 10 * time.Second, ""},
-		{"compound", "data:\n  retention: 1h30m5s\n", func(c Config) any { return c.Data.Retention }, time.Hour + 30*time.Minute + 5*time.Second, ""},
+		{"seconds", "data:\n  dir: /d\n  retention: 10s\n", func(c Config) any { return c.Data.Retention }, 10 * time.Second, ""},
+		{"compound", "data:\n  dir: /d\n  retention: 1h30m5s\n", func(c Config) any { return c.Data.Retention }, time.Hour + 30*time.Minute + 5*time.Second, ""},
 		{"millis", "lease:\n  type: static\n  demote-delay: 1500ms\n", func(c Config) any { return c.Lease.DemoteDelay }, 1500 * time.Millisecond, ""},
 		{"zero", "proxy:\n  max-lag: 0s\n", func(c Config) any { return c.Proxy.MaxLag }, time.Duration(0), ""},
 		{"quoted", "http:\n  snapshot-timeout: \"90s\"\n", func(c Config) any { return c.HTTP.SnapshotTimeout }, 90 * time.Second, ""},
-		{"bad unit", "data:\n  retention: 10 parsecs\n", nil, nil, "invalid value"},
+		{"bad unit", "data:\n  dir: /d\n  retention: 10 parsecs\n", nil, nil, "invalid value"},
 		{"bare integer duration", "lease:\n  type: static\n  reconnect-delay: 10\n", nil, nil, "invalid value"},
-		{"negative retention", "data:\n  retention: -1s\n", nil, nil, "data.retention must not be negative"},
-		{"negative monitor interval", "data:\n  retention-monitor-interval: -1m\n", nil, nil, "data.retention-monitor-interval must not be negative"},
-		{"bool yes", "fuse:\n  allow-other: yes\n", func(c Config) any { return c.FUSE.AllowOther }, true, ""}, // YAML 1.1 form accepted by yaml.v3
+		{"negative retention", "data:\n  dir: /d\n  retention: -1s\n", nil, nil, "data.retention must be greater than zero, not -1s"},
+		{"negative monitor interval", "data:\n  dir: /d\n  retention-monitor-interval: -1m\n", nil, nil, "data.retention-monitor-interval must be greater than zero, not -1m0s"},
+		// Zero would silently become the store's default.
+		{"zero retention", "data:\n  dir: /d\n  retention: 0s\n", nil, nil, "data.retention must be greater than zero, not 0s"},
+		{"zero monitor interval", "data:\n  dir: /d\n  retention-monitor-interval: 0s\n", nil, nil, "data.retention-monitor-interval must be greater than zero, not 0s"},
+		// Changesets are always compressed: false cannot be honoured.
+		{"compress true", "data:\n  dir: /d\n  compress: true\n", func(c Config) any { return c.Data.Compress }, true, ""},
+		{"compress false", "data:\n  dir: /d\n  compress: false\n", nil, nil, "data.compress: false is not supported"},
+		{"bool yes", "fuse:\n  dir: /m\n  allow-other: yes\n", func(c Config) any { return c.FUSE.AllowOther }, true, ""}, // YAML 1.1 form accepted by yaml.v3
 		{"bool false", "exit-on-error: false\n", func(c Config) any { return c.ExitOnError }, false, ""},
-		{"bad bool", "fuse:\n  allow-other: maybe\n", nil, nil, "invalid value"},
+		{"bad bool", "fuse:\n  dir: /m\n  allow-other: maybe\n", nil, nil, "invalid value"},
 		{"int", "tracing:\n  max-count: many\n", nil, nil, "invalid value"},
 		{"section as scalar", "fuse: /mnt\n", nil, nil, "invalid value"},
 		{"list as scalar", "proxy:\n  passthrough: /static\n", nil, nil, "invalid value"},
@@ -450,8 +481,9 @@ func TestParseValues(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			in := tc.in
 			if !strings.HasPrefix(in, "lease:") {
-				in = minimal + in
+				in = static + in
 			}
+			in = addDirs(in)
 			c, err := Parse([]byte(in), false)
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
@@ -530,7 +562,7 @@ func TestParseExpandsEnv(t *testing.T) {
 fuse:
   dir: ${LFS_TEST_DIR}
 data:
-  dir: $LFS_TEST_DIR/data
+  dir: /srv$LFS_TEST_DIR/data
 lease:
   type: static
   hostname: $LFS_TEST_HOST
@@ -550,7 +582,7 @@ exec:
 		got, want any
 	}{
 		{"fuse.dir", c.FUSE.Dir, "/mnt/app"},
-		{"data.dir", c.Data.Dir, "/mnt/app/data"},
+		{"data.dir", c.Data.Dir, "/srv/mnt/app/data"},
 		{"lease.hostname", c.Lease.Hostname, "node-7"},
 		{"lease.advertise-url", c.Lease.AdvertiseURL, "http://node-7:20202"},
 		{"lease.candidate", c.Lease.Candidate, true},
@@ -575,7 +607,7 @@ exec:
 
 func TestParseWithoutExpansion(t *testing.T) {
 	t.Setenv("LFS_TEST_DIR", "/expanded")
-	in := minimal + "fuse:\n  dir: /mnt/$LFS_TEST_DIR\ndata:\n  dir: \"${LFS_TEST_DIR}\"\nexec: \"echo $HOME\"\n"
+	in := static + "fuse:\n  dir: /mnt/$LFS_TEST_DIR\ndata:\n  dir: \"${LFS_TEST_DIR}\"\nexec: \"echo $HOME\"\n"
 	c, err := Parse([]byte(in), false)
 	if err != nil {
 		t.Fatal(err)
@@ -602,8 +634,8 @@ func TestParseWithoutExpansion(t *testing.T) {
 func TestValidate(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
-		in      string
-		mod     func(*Config) // applied to New() when in is empty
+		in      string        // given the directories, unless it sets them
+		mod     func(*Config) // applied to New() and the directories when in is empty
 		wantErr string        // "" means valid
 	}{
 		{name: "static candidate", in: "lease:\n  type: static\n"},
@@ -634,19 +666,20 @@ func TestValidate(t *testing.T) {
 		{name: "databases on a candidate", in: "lease:\n  type: static\n  databases: [app.db]\n", wantErr: "lease.databases"},
 		{name: "databases on a non-candidate", in: "lease:\n  type: static\n  candidate: false\n  advertise-url: http://p\n  databases: [app.db]\n"},
 		{name: "empty databases on a candidate", in: "lease:\n  type: static\n  databases: []\n"},
-		{name: "empty fuse.dir", in: minimal + "fuse:\n  dir: \"\"\n", wantErr: "fuse.dir is required"},
-		{name: "empty data.dir", in: minimal + "data:\n  dir: \"\"\n", wantErr: "data.dir is required"},
-		{name: "struct: negative retention", mod: func(c *Config) { c.Lease.Type = "static"; c.Data.Retention = -time.Second }, wantErr: "data.retention must not be negative"},
+		{name: "empty fuse.dir", in: static + "fuse:\n  dir: \"\"\n", wantErr: "fuse.dir is required"},
+		{name: "empty data.dir", in: static + "data:\n  dir: \"\"\n", wantErr: "data.dir is required"},
+		{name: "struct: negative retention", mod: func(c *Config) { c.Lease.Type = "static"; c.Data.Retention = -time.Second }, wantErr: "data.retention must be greater than zero"},
 		{name: "struct: valid", mod: func(c *Config) { c.Lease.Type = "static" }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var err error
 			if tc.mod != nil {
 				c := New()
+				c.FUSE.Dir, c.Data.Dir = "/mnt/litefs", "/var/lib/litefs"
 				tc.mod(&c)
 				err = c.Validate()
 			} else {
-				_, err = Parse([]byte(tc.in), false)
+				_, err = Parse([]byte(addDirs(tc.in)), false)
 			}
 			if tc.wantErr == "" {
 				if err != nil {
@@ -671,7 +704,7 @@ func writeFile(t *testing.T, path, data string) {
 func TestLoadExplicitPath(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "custom.yml")
-	writeFile(t, path, minimal+"fuse:\n  dir: /explicit\n")
+	writeFile(t, path, addDirs(static+"fuse:\n  dir: /explicit\n"))
 	c, got, err := Load(path, false)
 	if err != nil {
 		t.Fatal(err)
@@ -682,7 +715,7 @@ func TestLoadExplicitPath(t *testing.T) {
 
 	// Expansion is passed through.
 	t.Setenv("LFS_TEST_MOUNT", "/from-env")
-	writeFile(t, path, minimal+"fuse:\n  dir: $LFS_TEST_MOUNT\n")
+	writeFile(t, path, addDirs(static+"fuse:\n  dir: $LFS_TEST_MOUNT\n"))
 	if c, _, err = Load(path, true); err != nil || c.FUSE.Dir != "/from-env" {
 		t.Fatalf("Load(expand) = %q, %v", c.FUSE.Dir, err)
 	}
@@ -718,7 +751,7 @@ func TestLoadExplicitMissing(t *testing.T) {
 
 func TestLoadInvalidNamesPath(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "litefs.yml")
-	writeFile(t, path, minimal+"fuse:\n  dri: /x\n")
+	writeFile(t, path, static+"fuse:\n  dri: /x\n")
 	_, got, err := Load(path, false)
 	if err == nil {
 		t.Fatal("Load of an invalid file succeeded")
@@ -779,8 +812,8 @@ func TestLoadSearchOrder(t *testing.T) {
 	t.Chdir(cwd)
 	t.Setenv("HOME", home)
 	cwdFile, homeFile := filepath.Join(cwd, "litefs.yml"), filepath.Join(home, "litefs.yml")
-	writeFile(t, cwdFile, minimal+"fuse:\n  dir: /from-cwd\n")
-	writeFile(t, homeFile, minimal+"fuse:\n  dir: /from-home\n")
+	writeFile(t, cwdFile, addDirs(static+"fuse:\n  dir: /from-cwd\n"))
+	writeFile(t, homeFile, addDirs(static+"fuse:\n  dir: /from-home\n"))
 
 	c, got, err := Load("", false)
 	if err != nil {
@@ -802,7 +835,7 @@ func TestLoadSearchOrder(t *testing.T) {
 	}
 
 	// An invalid file found in the search stops the search with its error.
-	writeFile(t, cwdFile, "lease:\n  type: nope\n")
+	writeFile(t, cwdFile, addDirs("lease:\n  type: nope\n"))
 	if _, got, err = Load("", false); err == nil || !strings.Contains(err.Error(), "nope") || !sameFile(t, got, cwdFile) {
 		t.Fatalf("Load(\"\") with an invalid ./litefs.yml = (%q, %v), want its error", got, err)
 	}
@@ -848,7 +881,7 @@ func TestParseMergeKeys(t *testing.T) {
 		},
 		{
 			name:  "merge of an inline mapping into a section",
-			in:    minimal + "fuse:\n  <<: {debug: true}\n  dir: /x\n",
+			in:    addDirs(static + "fuse:\n  <<: {debug: true}\n  dir: /x\n"),
 			check: func(c Config) bool { return c.FUSE.Debug && c.FUSE.Dir == "/x" },
 		},
 	} {
@@ -873,6 +906,7 @@ func TestExampleFile(t *testing.T) {
 	}
 	want := New()
 	want.Lease.Type = "static"
+	want.FUSE.Dir, want.Data.Dir = "/litefs", "/var/lib/litefs" // required: the example's own
 	want.Exec = ExecConfigs{{Cmd: ""}}
 	want.Lease.Databases = []string{}
 	want.Lease.Etcd.Endpoints = []string{}
