@@ -17,14 +17,38 @@ var configType = reflect.TypeOf(Config{})
 // reports the first key the struct has no field for, with its full dotted
 // name and line, e.g. `unknown key "fuse.dri" at line 3`.
 func checkKeys(n *yaml.Node, t reflect.Type, prefix string) error {
+	w := keyWalker{done: make(map[walked]bool)}
+	return w.checkKeys(n, t, prefix)
+}
+
+// keyWalker remembers the nodes it has checked. Merge keys follow aliases,
+// so without it a mapping that merges itself ("a: &a {<<: *a}") would be
+// walked until the stack overflows, and mappings merging each other many
+// times over would be walked an exponential number of times. Each node is
+// checked once for each type; yaml.v3 then refuses a recursive alias when
+// decoding.
+type keyWalker struct {
+	done map[walked]bool
+}
+
+type walked struct {
+	n *yaml.Node
+	t reflect.Type
+}
+
+func (w keyWalker) checkKeys(n *yaml.Node, t reflect.Type, prefix string) error {
 	for t.Kind() == reflect.Pointer {
 		t = t.Elem()
 	}
+	if w.done[walked{n, t}] {
+		return nil
+	}
+	w.done[walked{n, t}] = true
 	switch {
 	case t == reflect.TypeOf(ExecConfigs{}):
 		if n.Kind == yaml.SequenceNode {
 			for _, item := range n.Content {
-				if err := checkKeys(item, reflect.TypeOf(ExecConfig{}), prefix+"[]"); err != nil {
+				if err := w.checkKeys(item, reflect.TypeOf(ExecConfig{}), prefix+"[]"); err != nil {
 					return err
 				}
 			}
@@ -46,7 +70,7 @@ func checkKeys(n *yaml.Node, t reflect.Type, prefix string) error {
 		if key.Tag == "!!merge" {
 			// A YAML merge key ("<<") brings in another mapping's keys,
 			// which must be valid here too.
-			if err := checkMerged(val, t, prefix); err != nil {
+			if err := w.checkMerged(val, t, prefix); err != nil {
 				return err
 			}
 			continue
@@ -59,7 +83,7 @@ func checkKeys(n *yaml.Node, t reflect.Type, prefix string) error {
 		if !ok {
 			return fmt.Errorf("unknown key %q at line %d", name, key.Line)
 		}
-		if err := checkKeys(val, ft, name); err != nil {
+		if err := w.checkKeys(val, ft, name); err != nil {
 			return err
 		}
 	}
@@ -68,19 +92,19 @@ func checkKeys(n *yaml.Node, t reflect.Type, prefix string) error {
 
 // checkMerged checks the mapping (or aliases of mappings) merged into a
 // mapping by a "<<" key.
-func checkMerged(n *yaml.Node, t reflect.Type, prefix string) error {
+func (w keyWalker) checkMerged(n *yaml.Node, t reflect.Type, prefix string) error {
 	switch n.Kind {
 	case yaml.AliasNode:
-		return checkMerged(n.Alias, t, prefix)
+		return w.checkMerged(n.Alias, t, prefix)
 	case yaml.SequenceNode:
 		for _, item := range n.Content {
-			if err := checkMerged(item, t, prefix); err != nil {
+			if err := w.checkMerged(item, t, prefix); err != nil {
 				return err
 			}
 		}
 		return nil
 	}
-	return checkKeys(n, t, prefix)
+	return w.checkKeys(n, t, prefix)
 }
 
 // ExpandEnv replaces $VAR and ${VAR} with environment variables, as LiteFS
