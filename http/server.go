@@ -184,11 +184,9 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "invalid stream request: %v", err)
 		return
 	}
-	for name := range req.Positions {
-		if err := store.ValidateName(name); err != nil {
-			writeError(w, http.StatusBadRequest, "invalid stream request: %v", err)
-			return
-		}
+	if err := validateStreamNames(req); err != nil {
+		writeError(w, http.StatusBadRequest, "invalid stream request: %v", err)
+		return
 	}
 	term := s.currentTerm(w)
 	if term == nil {
