@@ -29,8 +29,22 @@ const (
 type ServerOptions struct {
 	Addr              string
 	HeartbeatInterval time.Duration // how often an idle stream carries a heartbeat
-	WriteTimeout      time.Duration // how long one frame may take to send
-	SnapshotTimeout   time.Duration // how long a snapshot frame may take to send
+	// WriteTimeout bounds each write to a client: of a stream's frames,
+	// and of every answer but exports'.
+	WriteTimeout    time.Duration
+	SnapshotTimeout time.Duration // how long a snapshot or changeset frame may take to send in all
+
+	// Limits of requests and connections; zero for the Default* value
+	// of the same name (limits.go).
+	MaxImportSize      int64         // bytes of a database uploaded to POST /import
+	MaxRequestBody     int64         // bytes of the body of a JSON endpoint
+	MaxConnections     int           // open connections (at most half the open-file limit)
+	ConnectionWait     time.Duration // how long a connection beyond the limit waits for a slot
+	ReadHeaderTimeout  time.Duration // how long a request's header may take to arrive
+	IdleTimeout        time.Duration // how long a keep-alive connection may wait for its next request
+	BodyReadTimeout    time.Duration // a request body's grace period, before MinBodyRate applies
+	MinBodyRate        int64         // bytes a second a request body must average after its grace period
+	ExportWriteTimeout time.Duration // how long each write of GET /export may take
 	// ValidateImport, if set, checks an uploaded database file before
 	// POST /import takes it in.
 	ValidateImport func(path string) error
@@ -69,6 +83,7 @@ func NewServer(ctx context.Context, st *store.Store, opts ServerOptions) *Server
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	opts.setLimitDefaults()
 	s := &Server{store: st, opts: opts, logger: opts.Logger, mux: http.NewServeMux(), streams: make(map[*stream]struct{}), metrics: newMetrics()}
 	s.mux.HandleFunc("POST /stream", s.handleStream)
 	s.registerHalt()
@@ -81,10 +96,13 @@ func NewServer(ctx context.Context, st *store.Store, opts ServerOptions) *Server
 	s.mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	s.mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	base, cancel := context.WithCancel(ctx)
-	s.listener = listener{name: "http", addr: opts.Addr, cancel: cancel}
+	s.listener = listener{name: "http", addr: opts.Addr, cancel: cancel, limit: newConnLimiter(opts)}
 	s.srv = &http.Server{
-		Handler:           s,
-		ReadHeaderTimeout: 10 * time.Second,
+		Handler:           s.withLimits(s),
+		ReadHeaderTimeout: opts.ReadHeaderTimeout,
+		IdleTimeout:       opts.IdleTimeout,
+		ConnState:         s.limit.track,
+		ConnContext:       withConn,
 		ErrorLog:          slog.NewLogLogger(opts.Logger.Handler(), slog.LevelDebug),
 		BaseContext:       func(net.Listener) context.Context { return base },
 	}
@@ -199,11 +217,13 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
+	rc := http.NewResponseController(w)
 	st := &stream{
 		server: s,
 		term:   term,
 		w:      w,
-		rc:     http.NewResponseController(w),
+		rc:     rc,
+		dw:     newDeadlineWriter(w, rc, s.opts.WriteTimeout),
 		peer:   peerName(req.NodeID, r.RemoteAddr),
 		sent:   req.Positions,
 		only:   req.Databases,
@@ -218,7 +238,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 	// at once).
 	leave, err := term.Join(st.stop, func() {
 		cancel()
-		st.rc.SetWriteDeadline(time.Now())
+		st.dw.abort()
 	})
 	if err != nil {
 		writeError(w, termStatus(err), "stream: %v", err)
@@ -229,7 +249,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/x-litefs-stream")
 	w.Header().Set(EpochHeader, strconv.FormatUint(term.Epoch(), 10))
 	w.WriteHeader(http.StatusOK)
-	st.fw = NewFrameWriter(st.w)
+	st.fw = NewFrameWriter(st.dw) // every write to the replica under a deadline
 	s.logger.Info("replica connected", "peer", st.peer, "epoch", term.Epoch())
 	st.publish()
 	s.mu.Lock()

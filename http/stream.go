@@ -26,6 +26,7 @@ type stream struct {
 	term     *store.Term // the term the stream carries
 	w        http.ResponseWriter
 	rc       *http.ResponseController
+	dw       *deadlineWriter // under fw: each write to the replica has WriteTimeout
 	fw       *FrameWriter
 	peer     string
 	sent     map[string]ltx.Pos // each database's position on the replica
@@ -220,8 +221,11 @@ func (st *stream) syncDB(ctx context.Context, db *store.DB) error {
 		}
 		// Meta carries the primary's position: the replica knows it is
 		// caught up when it applies the changeset with that TXID.
+		// A changeset can be as large as a snapshot (an import, a
+		// VACUUM): it has as long in all, while each write must still
+		// complete within the write timeout.
 		f := Frame{Type: FrameChangeset, Name: db.Name(), Meta: uint64(pos.TXID)}
-		if err := st.sendPayload(f, data, st.server.opts.WriteTimeout); err != nil {
+		if err := st.sendPayload(f, data, st.server.opts.SnapshotTimeout); err != nil {
 			return err
 		}
 		st.sent[db.Name()] = info.Pos()
@@ -285,10 +289,12 @@ func (st *stream) sendSnapshot(db *store.DB, have ltx.Pos, known bool) error {
 	}
 	st.server.logger.Info("sending snapshot", "db", db.Name(), "peer", st.peer, "pos", snap.Pos().String(), "reason", reason, "common_txid", common.String(), "recent", len(st.req.Recent[db.Name()]))
 
+	// Each write must complete within the write timeout, so a replica that
+	// stops reading releases the snapshot at once; the whole snapshot has
+	// the snapshot timeout.
 	start := time.Now()
-	if err := st.rc.SetWriteDeadline(time.Now().Add(st.server.opts.SnapshotTimeout)); err != nil && !errors.Is(err, http.ErrNotSupported) {
-		return err
-	}
+	st.dw.setBound(start.Add(st.server.opts.SnapshotTimeout))
+	defer st.dw.setBound(time.Time{})
 	if err := st.fw.Begin(Frame{Type: FrameSnapshot, Name: db.Name(), Meta: uint64(common)}); err != nil {
 		return err
 	}
@@ -318,11 +324,11 @@ func (st *stream) send(f Frame, timeout time.Duration) error {
 	return st.sendPayload(f, nil, timeout)
 }
 
-// sendPayload writes a frame whose payload is read from r (nil for none).
+// sendPayload writes a frame whose payload is read from r (nil for none),
+// within timeout in all and each write within the write timeout.
 func (st *stream) sendPayload(f Frame, r io.Reader, timeout time.Duration) error {
-	if err := st.rc.SetWriteDeadline(time.Now().Add(timeout)); err != nil && !errors.Is(err, http.ErrNotSupported) {
-		return err
-	}
+	st.dw.setBound(time.Now().Add(timeout))
+	defer st.dw.setBound(time.Time{})
 	if err := st.fw.Begin(f); err != nil {
 		return err
 	}
@@ -346,7 +352,7 @@ func (st *stream) end() error {
 
 // flush pushes the frames written so far out to the replica.
 func (st *stream) flush() error {
-	if err := st.rc.Flush(); err != nil {
+	if err := st.dw.Flush(); err != nil {
 		return fmt.Errorf("send to %s: %w", st.peer, err)
 	}
 	return nil
