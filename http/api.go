@@ -59,14 +59,16 @@ type APIClient struct {
 	HTTP *http.Client
 }
 
-// NewAPIClient returns a client with its own connection pool.
-func NewAPIClient() *APIClient {
-	return &APIClient{HTTP: &http.Client{Transport: &http.Transport{
-		Proxy:               nil,
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
-		MaxIdleConnsPerHost: 4,
-		IdleConnTimeout:     time.Minute,
-	}}}
+// NewAPIClient returns a client with its own connection pool, presenting
+// sec's credentials (nil for none).
+func NewAPIClient(sec *Security) *APIClient {
+	return &APIClient{HTTP: &http.Client{Transport: sec.Client(&http.Transport{
+		Proxy:                 nil,
+		DialContext:           (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
+		MaxIdleConnsPerHost:   4,
+		IdleConnTimeout:       time.Minute,
+		ExpectContinueTimeout: time.Second,
+	})}}
 }
 
 // Info asks the node at base what it is.
@@ -102,15 +104,23 @@ func (c *APIClient) ReleaseHandoff(ctx context.Context, base string, req Handoff
 	return c.call(ctx, http.MethodPost, base+"/handoff/release", req, nil)
 }
 
-// Import uploads a database file to the primary at base, for its term of
-// epoch, and returns the position it is imported at.
-func (c *APIClient) Import(ctx context.Context, base, name string, epoch uint64, body io.Reader) (string, error) {
+// Import uploads a database file of size bytes (-1 if unknown) to the
+// primary at base, for its term of epoch, and returns the position it is
+// imported at. With the size known, the primary refuses a file it would
+// not take before any of it is sent.
+func (c *APIClient) Import(ctx context.Context, base, name string, epoch uint64, body io.Reader, size int64) (string, error) {
 	u := fmt.Sprintf("%s/import?name=%s&epoch=%d", base, url.QueryEscape(name), epoch)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, body)
 	if err != nil {
 		return "", err
 	}
-	req.Header.Set("Content-Type", "application/vnd.sqlite3")
+	req.ContentLength = size
+	if size == 0 {
+		req.Body = http.NoBody
+	}
+	// The primary answers a refusal before the upload starts.
+	req.Header.Set("Expect", "100-continue")
+	req.Header.Set("Content-Type", ContentTypeSQLite)
 	var out struct {
 		Pos string `json:"pos"`
 	}
@@ -135,7 +145,7 @@ func (c *APIClient) call(ctx context.Context, method, u string, body, out any) e
 		return err
 	}
 	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Content-Type", ContentTypeJSON)
 	}
 	return c.do(req, out)
 }
@@ -145,7 +155,13 @@ func (c *APIClient) do(req *http.Request, out any) error {
 	if err != nil {
 		return err
 	}
-	defer resp.Body.Close()
+	defer func() {
+		// A connection goes back to the pool only once its answer is read
+		// to the end; without that every call would dial (and, over TLS,
+		// handshake) anew.
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		resp.Body.Close()
+	}()
 	if err := CheckResponse(resp); err != nil {
 		return fmt.Errorf("%s: %w", req.URL.Redacted(), err)
 	}

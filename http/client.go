@@ -87,6 +87,7 @@ type ReplicatorOptions struct {
 	AdvertiseURL      string        // where the primary can reach this node
 	Candidate         bool          // this node may become primary
 	HeartbeatInterval time.Duration // the primary's, to judge staleness
+	Security          *Security     // credentials presented to the primary; nil for none
 	Logger            *slog.Logger
 }
 
@@ -101,12 +102,12 @@ func NewReplicator(st *store.Store, opts ReplicatorOptions) *Replicator {
 	return &Replicator{
 		store:  st,
 		logger: opts.Logger,
-		client: &http.Client{Transport: &http.Transport{
+		client: &http.Client{Transport: opts.Security.Client(&http.Transport{
 			Proxy:                 nil,
 			DisableCompression:    true,
 			DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 15 * time.Second}).DialContext,
 			ResponseHeaderTimeout: 10 * time.Second,
-		}},
+		})},
 		databases: opts.Databases,
 		heartbeat: opts.HeartbeatInterval,
 		opts:      opts,
@@ -166,7 +167,7 @@ func (r *Replicator) Stream(ctx context.Context, baseURL string, epoch uint64) e
 	if err != nil {
 		return fmt.Errorf("stream from %s: %w", baseURL, err)
 	}
-	hreq.Header.Set("Content-Type", "application/json")
+	hreq.Header.Set("Content-Type", ContentTypeJSON)
 	resp, err := r.client.Do(hreq)
 	if err != nil {
 		return fmt.Errorf("stream from %s: %w", baseURL, err)

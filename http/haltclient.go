@@ -58,7 +58,9 @@ type HaltClientOptions struct {
 	// or "" when it follows none.
 	Primary func() (url string, epoch uint64)
 	NodeID  string
-	Logger  *slog.Logger
+	// Security is the credentials presented to the primary; nil for none.
+	Security *Security
+	Logger   *slog.Logger
 }
 
 // NewHaltClient returns a HALT client. ctx bounds its background work;
@@ -75,12 +77,12 @@ func NewHaltClient(ctx context.Context, opts HaltClientOptions) *HaltClient {
 		primary: opts.Primary,
 		nodeID:  opts.NodeID,
 		logger:  opts.Logger,
-		client: &http.Client{Transport: &http.Transport{
+		client: &http.Client{Transport: opts.Security.Client(&http.Transport{
 			Proxy:               nil,
 			DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 15 * time.Second}).DialContext,
 			MaxIdleConnsPerHost: 8,
 			IdleConnTimeout:     time.Minute,
-		}},
+		})},
 		halts:   make(map[*remoteHalt]struct{}),
 		changed: make(chan struct{}),
 	}

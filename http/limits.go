@@ -85,7 +85,7 @@ func setDefault[T int | int64 | time.Duration](v *T, def T) {
 // application's requests, with the application's sizes and pace: the API's
 // limits do not apply to them, as the proxy in front of the application
 // sets none.
-const forwardedPrefix = "/proxy/"
+const forwardedPrefix = ProxyPrefix + "/"
 
 // endpointLimits are the limits of one endpoint's requests.
 type endpointLimits struct {

@@ -40,9 +40,16 @@ func (l *listener) Listen() error {
 // Addr returns the address the server listens on.
 func (l *listener) Addr() net.Addr { return l.ln.Addr() }
 
-// Serve serves requests until Shutdown.
+// Serve serves requests until Shutdown, over TLS if the server has a TLS
+// configuration.
 func (l *listener) Serve() error {
-	if err := l.srv.Serve(l.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	var err error
+	if l.srv.TLSConfig != nil {
+		err = l.srv.ServeTLS(l.ln, "", "")
+	} else {
+		err = l.srv.Serve(l.ln)
+	}
+	if err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("%s: %w", l.name, err)
 	}
 	return nil

@@ -1,6 +1,7 @@
 package http
 
 import (
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -30,6 +31,7 @@ type metrics struct {
 	snapshots        *prometheus.CounterVec
 	snapshotDuration *prometheus.HistogramVec
 	fuseOps          *prometheus.HistogramVec
+	refusedRequests  *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -53,10 +55,19 @@ func newMetrics() *metrics {
 			Help:    "Time the FUSE server spent on each request, by kind.",
 			Buckets: prometheus.ExponentialBuckets(1e-6, 4, 10),
 		}, []string{"op"}),
+		refusedRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "litefs_http_requests_refused_total",
+			Help: "API requests refused before reaching an endpoint, by status: 401 without the cluster secret, 403 from a web page, 415 of a type no endpoint takes, 421 for a host this node is not.",
+		}, []string{"code"}),
 	}
-	m.registry.MustRegister(m.streamed, m.snapshots, m.snapshotDuration, m.fuseOps,
+	m.registry.MustRegister(m.streamed, m.snapshots, m.snapshotDuration, m.fuseOps, m.refusedRequests,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// refused counts a request the guard refused.
+func (m *metrics) refused(code int) {
+	m.refusedRequests.WithLabelValues(strconv.Itoa(code)).Inc()
 }
 
 // ObserveFUSE records the duration of one FUSE request; see fuse.Options.

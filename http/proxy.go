@@ -33,10 +33,19 @@ type ProxyOptions struct {
 	// PrimaryTimeout is how long a write waits for a primary to be known.
 	PrimaryTimeout time.Duration
 	IsPrimary      func() bool
-	// PrimaryProxy returns the primary's proxy URL, on a replica.
+	// PrimaryProxy returns, on a replica, the API URL of a primary that
+	// runs a proxy: writes are forwarded through its API, under ProxyPrefix,
+	// with the cluster secret and TLS of the API.
 	PrimaryProxy func(ctx context.Context) (string, error)
-	Lag          func() time.Duration
-	Logger       *slog.Logger
+	// Forward carries forwarded writes; nil for http.DefaultTransport.
+	Forward http.RoundTripper
+	// Timeouts of the proxy's server, as net/http's; zero for none
+	// (ReadHeaderTimeout: 10s).
+	ReadTimeout, ReadHeaderTimeout, WriteTimeout, IdleTimeout time.Duration
+	// Debug logs every request and what the proxy did with it.
+	Debug  bool
+	Lag    func() time.Duration
+	Logger *slog.Logger
 }
 
 // Proxy sits in front of the application. On the primary it passes
@@ -70,22 +79,40 @@ func NewProxy(st *store.Store, opts ProxyOptions) *Proxy {
 		ModifyResponse: p.setTXIDCookie,
 		ErrorHandler:   p.badGateway,
 	}
-	p.listener = listener{name: "proxy", addr: opts.Addr, srv: &http.Server{Handler: p, ReadHeaderTimeout: 10 * time.Second}}
+	if opts.ReadHeaderTimeout <= 0 {
+		opts.ReadHeaderTimeout = 10 * time.Second
+	}
+	p.opts = opts
+	p.listener = listener{name: "proxy", addr: opts.Addr, srv: &http.Server{
+		Handler:           p,
+		ReadTimeout:       opts.ReadTimeout,
+		ReadHeaderTimeout: opts.ReadHeaderTimeout,
+		WriteTimeout:      opts.WriteTimeout,
+		IdleTimeout:       opts.IdleTimeout,
+	}}
 	return p
 }
 
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	route := "read"
 	switch {
 	case r.URL.Path == "/litefs/health":
+		route = "health"
 		p.health(w)
 	case matchAny(p.opts.Passthrough, r.URL.Path):
+		route = "passthrough"
 		p.app.ServeHTTP(w, r)
 	case p.opts.IsPrimary():
+		route = "primary"
 		p.app.ServeHTTP(w, r)
 	case isWrite(r) || matchAny(p.opts.AlwaysForward, r.URL.Path):
+		route = "forward"
 		p.forward(w, r)
 	default:
 		p.read(w, r)
+	}
+	if p.opts.Debug {
+		p.opts.Logger.Info("proxy request", "method", r.Method, "path", r.URL.Path, "route", route)
 	}
 }
 
@@ -166,8 +193,8 @@ func clientTXID(r *http.Request) (ltx.TXID, bool) {
 	return ltx.TXID(v), true
 }
 
-// forward sends a write to the primary's proxy, over plain HTTP, and
-// relays its answer, TXID cookie included.
+// forward sends a write to the primary's proxy, through the primary's API
+// (with its secret and TLS), and relays its answer, TXID cookie included.
 func (p *Proxy) forward(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), p.opts.PrimaryTimeout)
 	primary, err := p.primaryProxy(ctx)
@@ -177,7 +204,7 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "litefs proxy: no primary to send this write to: "+err.Error(), http.StatusServiceUnavailable)
 		return
 	}
-	target, err := url.Parse(primary)
+	target, err := url.Parse(strings.TrimSuffix(primary, "/") + ProxyPrefix)
 	if err != nil {
 		http.Error(w, "litefs proxy: bad primary proxy URL: "+err.Error(), http.StatusBadGateway)
 		return
@@ -190,8 +217,28 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request) {
 		},
 		FlushInterval: -1,
 		ErrorHandler:  p.badGateway,
+		Transport:     p.opts.Forward,
 	}
 	rp.ServeHTTP(w, r)
+}
+
+// ProxyPrefix is where a node's API takes the writes other nodes' proxies
+// forward to its proxy.
+const ProxyPrefix = "/proxy"
+
+// ServeForwarded handles a write another node's proxy forwarded through
+// this node's API: the request as the application's client sent it, under
+// ProxyPrefix. It is handled as if it had come to this node's proxy.
+func (p *Proxy) ServeForwarded(w http.ResponseWriter, r *http.Request) {
+	r2 := r.Clone(r.Context())
+	r2.URL.Path = strings.TrimPrefix(r.URL.Path, ProxyPrefix)
+	r2.URL.RawPath = ""
+	if r2.URL.Path == "" {
+		r2.URL.Path = "/"
+	}
+	r2.RequestURI = r2.URL.RequestURI()
+	r2.Header.Del(ForwardAuthHeader) // the application never sees the secret
+	p.ServeHTTP(w, r2)
 }
 
 // primaryProxy waits, within ctx, until a primary's proxy is known.

@@ -48,7 +48,18 @@ type ServerOptions struct {
 	// ValidateImport, if set, checks an uploaded database file before
 	// POST /import takes it in.
 	ValidateImport func(path string) error
-	Logger         *slog.Logger
+	// Security is the cluster secret and TLS; nil for an open API over
+	// plain HTTP.
+	Security *Security
+	// PublicPaths are served without the secret (PathMetrics,
+	// PathHealth); nil for DefaultPublicPaths.
+	PublicPaths []string
+	// AllowedHosts are the names, besides IP literals and localhost,
+	// that requests may address this node by.
+	AllowedHosts []string
+	// Pprof serves Go's profiler under /debug/pprof/, behind the secret.
+	Pprof  bool
+	Logger *slog.Logger
 }
 
 // Server is a node's HTTP API.
@@ -64,6 +75,7 @@ type Server struct {
 
 	roles   roleHub // this node's role, for /events
 	metrics *metrics
+	guard   Guard
 }
 
 // NewServer returns a server of st's API; call Listen, then Serve. Every
@@ -84,17 +96,27 @@ func NewServer(ctx context.Context, st *store.Store, opts ServerOptions) *Server
 		opts.Logger = slog.Default()
 	}
 	opts.setLimitDefaults()
+	if opts.PublicPaths == nil {
+		opts.PublicPaths = DefaultPublicPaths
+	}
 	s := &Server{store: st, opts: opts, logger: opts.Logger, mux: http.NewServeMux(), streams: make(map[*stream]struct{}), metrics: newMetrics()}
+	s.guard = Guard{Public: opts.PublicPaths, Hosts: opts.AllowedHosts}
+	if opts.Security != nil {
+		s.guard.Tokens = opts.Security.Tokens
+	}
+	s.mux.HandleFunc("GET "+PathHealth, s.handleHealth)
 	s.mux.HandleFunc("POST /stream", s.handleStream)
 	s.registerHalt()
 	s.mux.HandleFunc("GET /events", s.handleEvents)
 	s.mux.HandleFunc("GET /export", s.handleExport)
 	s.mux.HandleFunc("POST /import", s.handleImport)
-	s.mux.HandleFunc("/debug/pprof/", pprof.Index)
-	s.mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	s.mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	s.mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	s.mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	if opts.Pprof {
+		s.mux.HandleFunc("/debug/pprof/", pprof.Index)
+		s.mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		s.mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		s.mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		s.mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	base, cancel := context.WithCancel(ctx)
 	s.listener = listener{name: "http", addr: opts.Addr, cancel: cancel, limit: newConnLimiter(opts)}
 	s.srv = &http.Server{
@@ -106,16 +128,39 @@ func NewServer(ctx context.Context, st *store.Store, opts ServerOptions) *Server
 		ErrorLog:          slog.NewLogLogger(opts.Logger.Handler(), slog.LevelDebug),
 		BaseContext:       func(net.Listener) context.Context { return base },
 	}
+	if sec := opts.Security; sec != nil && sec.ServerTLS.Serves() {
+		s.srv.TLSConfig = sec.ServerTLS.server()
+	}
 	return s
 }
 
 // Handle registers another endpoint.
 func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
 
-// ServeHTTP adds the node's identity to every response.
+// ServeHTTP refuses what the guard refuses, before any endpoint reads the
+// request, and adds the node's identity to every response.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Litefs-Id", fmt.Sprintf("%016X", s.store.NodeID()))
+	if err := s.guard.check(r); err != nil {
+		if err.code == http.StatusUnauthorized {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="litefs"`)
+		}
+		s.metrics.refused(err.code)
+		// The body is not read: net/http discards a small one after the
+		// answer, so that the client sees the answer rather than a broken
+		// pipe, and closes the connection on a large one.
+		writeError(w, err.code, "%s", err.msg)
+		return
+	}
 	s.mux.ServeHTTP(w, r)
+}
+
+// handleHealth answers GET /health: the node is up and serving. It says
+// nothing else, so that it can stay open to monitoring without the secret.
+func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
+	WriteJSON(w, http.StatusOK, struct {
+		OK bool `json:"ok"`
+	}{true})
 }
 
 // StreamRequest is the body of POST /stream: who is asking and what it has.

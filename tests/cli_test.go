@@ -112,6 +112,30 @@ func TestExecCommand(t *testing.T) {
 		}
 	})
 
+	t.Run("exit-on-error false stays up", func(t *testing.T) {
+		n := testutil.NewNode(t, testutil.NodeConfig{})
+		done := filepath.Join(n.Root, "done")
+		n.WriteConfig(t, "exit-on-error: false\nlease:\n  type: static\n  candidate: true\nexec: \"sh -c 'touch "+done+"; exit 5'\"\n")
+		n.Start(t)
+		waitUntil(t, 10*time.Second, "the command ran", func() bool { _, err := os.Stat(done); return err == nil })
+		// With exit-on-error: true litefs unmounts and exits at once; here
+		// it stays up, mount and API, until told to stop.
+		for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+			if !n.Running() || !n.Mounted() {
+				t.Fatal("litefs stopped after the command failed, with exit-on-error: false")
+			}
+		}
+		if err := n.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		if code := n.Wait(t, 15*time.Second); code != 5 {
+			t.Fatalf("litefs exited %d, want the command's 5", code)
+		}
+		if n.Mounted() {
+			t.Fatal("still mounted after shutdown")
+		}
+	})
+
 	t.Run("signals are forwarded", func(t *testing.T) {
 		n := testutil.NewNode(t, testutil.NodeConfig{})
 		ready := filepath.Join(n.Root, "ready")

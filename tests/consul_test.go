@@ -38,7 +38,8 @@ type nodeInfo struct {
 }
 
 func getInfo(n *testutil.Node) (nodeInfo, error) {
-	c := http.Client{Timeout: 2 * time.Second}
+	c := n.Client()
+	c.Timeout = 2 * time.Second
 	resp, err := c.Get(n.URL() + "/info")
 	if err != nil {
 		return nodeInfo{}, err

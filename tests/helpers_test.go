@@ -45,7 +45,7 @@ func apiInfo(t *testing.T, n *testutil.Node) lhttp.Info {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	info, err := lhttp.NewAPIClient().Info(ctx, n.URL())
+	info, err := n.API().Info(ctx, n.URL())
 	if err != nil {
 		t.Fatalf("info of %s: %v", n.Config.Name, err)
 	}

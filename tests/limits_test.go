@@ -100,9 +100,10 @@ func TestImportSizeRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// Through the CLI, which sends the file without a declared length.
+	// Through the CLI, which declares the file's length: refused before
+	// the upload starts.
 	msg, code := runLiteFS(t, "import", "-url", primary.URL(), "-name", "app.db", padded)
-	if code == 0 || !strings.Contains(msg, "longer") || !strings.Contains(msg, fmt.Sprint(size)) {
+	if code == 0 || !strings.Contains(msg, "declares a database of "+fmt.Sprint(size)) {
 		t.Fatalf("import of a padded file: exit %d, %q; want a refusal naming the database's size %d", code, msg, size)
 	}
 

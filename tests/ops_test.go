@@ -18,7 +18,7 @@ import (
 // scrape fetches and parses a node's /metrics.
 func scrape(t *testing.T, n *testutil.Node) map[string]*dto.MetricFamily {
 	t.Helper()
-	resp, err := http.Get(n.URL() + "/metrics")
+	resp, err := n.Client().Get(n.URL() + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -113,7 +113,7 @@ func (w *haltWriter) finish() []haltAck {
 func lhttpInfo(n *testutil.Node) (lhttp.Info, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	return lhttp.NewAPIClient().Info(ctx, n.URL())
+	return n.API().Info(ctx, n.URL())
 }
 
 // command is a started process; done is closed once it exited, with err.

@@ -23,7 +23,7 @@ import (
 func main() {
 	binary := flag.String("litefs", "bin/litefs", "litefs binary to benchmark")
 	duration := flag.Duration("duration", 3*time.Second, "how long each write workload runs")
-	only := flag.String("only", "write,lag,snapshot,halt,lease,faults,stall", "which benchmarks to run")
+	only := flag.String("only", "write,lag,tls,snapshot,halt,lease,faults,stall", "which benchmarks to run")
 	haltCycles := flag.Int("halt-cycles", 500, "HALT acquire + release cycles measured")
 	leaseRuns := flag.Int("lease-runs", 3, "failovers and handoffs measured")
 	leaseTTL := flag.Duration("lease-ttl", 10*time.Second, "lease.consul.ttl for the lease benchmark")
@@ -49,6 +49,8 @@ func main() {
 			runWriteBench(h, *duration)
 		case "lag":
 			runLagBench(h, *lagCommits)
+		case "tls":
+			runTLSBench(h, *lagCommits, *duration)
 		case "snapshot":
 			runSnapshotBench(h, *snapshotMiB<<20)
 		case "halt":

@@ -35,6 +35,7 @@ type daemon struct {
 	fuse       *fuse.Server
 	proxy      *lhttp.Proxy
 
+	security     *lhttp.Security
 	hostname     string // this node's, as the lease knows it
 	advertiseURL string // this node's API, as the lease knows it
 
@@ -52,6 +53,14 @@ type transport struct {
 func (d *daemon) open(ctx context.Context) error {
 	if d.cfg.Tracing.Path != "" {
 		d.logger.Warn("tracing.path is set, but litefs writes no trace file; ignoring it")
+	}
+	sec, err := newSecurity(d.cfg.HTTP)
+	if err != nil {
+		return err
+	}
+	d.security = sec
+	if sec.Open() {
+		d.logger.Warn("the API is open: anyone who reaches http.addr can read, replace and stall every database; set http.auth-token on every node", "addr", d.cfg.HTTP.Addr)
 	}
 	st, err := store.Open(store.Options{
 		Dir:                      d.cfg.Data.Dir,
@@ -73,7 +82,22 @@ func (d *daemon) open(ctx context.Context) error {
 		Addr:            d.cfg.HTTP.Addr,
 		SnapshotTimeout: d.snapshotTimeout(),
 		ValidateImport:  sqlcheck.Check,
-		Logger:          d.logger,
+		Security:        sec,
+		PublicPaths:     d.cfg.HTTP.PublicEndpoints,
+		AllowedHosts:    allowedHosts(d.cfg),
+		Pprof:           d.cfg.HTTP.Pprof,
+
+		MaxImportSize:      int64(d.cfg.HTTP.MaxImportSize),
+		MaxRequestBody:     int64(d.cfg.HTTP.MaxRequestBody),
+		MaxConnections:     d.cfg.HTTP.MaxConnections,
+		ConnectionWait:     d.cfg.HTTP.ConnectionWait,
+		ReadHeaderTimeout:  d.cfg.HTTP.ReadHeaderTimeout,
+		IdleTimeout:        d.cfg.HTTP.IdleTimeout,
+		BodyReadTimeout:    d.cfg.HTTP.BodyReadTimeout,
+		MinBodyRate:        int64(d.cfg.HTTP.MinBodyRate),
+		WriteTimeout:       d.cfg.HTTP.WriteTimeout,
+		ExportWriteTimeout: d.cfg.HTTP.ExportWriteTimeout,
+		Logger:             d.logger,
 	})
 	if err := d.http.Listen(); err != nil {
 		st.Close()
@@ -91,6 +115,7 @@ func (d *daemon) open(ctx context.Context) error {
 		Hostname:     d.hostname,
 		AdvertiseURL: d.advertiseURL,
 		Candidate:    d.leaser.Candidate(),
+		Security:     sec,
 		Logger:       d.logger,
 	})
 	d.node = node.New(node.Config{
@@ -99,7 +124,7 @@ func (d *daemon) open(ctx context.Context) error {
 		NodeID:         nodeID,
 		Leaser:         d.leaser,
 		Store:          st,
-		Transport:      transport{d.replicator, lhttp.NewAPIClient()},
+		Transport:      transport{d.replicator, lhttp.NewAPIClient(sec)},
 		Logger:         d.logger,
 		HaltTTL:        d.cfg.Lease.HaltTTL,
 		ReconnectDelay: d.cfg.Lease.ReconnectDelay,
@@ -111,10 +136,11 @@ func (d *daemon) open(ctx context.Context) error {
 		OnRoleChange:   d.roleChanged,
 	})
 	d.halts = lhttp.NewHaltClient(ctx, lhttp.HaltClientOptions{
-		Store:   st,
-		Primary: d.node.PrimaryURL,
-		NodeID:  nodeID,
-		Logger:  d.logger,
+		Store:    st,
+		Primary:  d.node.PrimaryURL,
+		NodeID:   nodeID,
+		Security: sec,
+		Logger:   d.logger,
 	})
 	st.SetHalter(d.halts)
 	d.node.Register(d.http)
@@ -206,7 +232,11 @@ func (d *daemon) newLeaser(ctx context.Context) (lease.Leaser, error) {
 	if advertise == "" || (d.cfg.Lease.Type == "static" && !d.cfg.Lease.Candidate) {
 		// A static replica's advertise-url names the primary, not itself.
 		port := d.http.Addr().(*net.TCPAddr).Port
-		advertise = "http://" + net.JoinHostPort(hostname, strconv.Itoa(port))
+		scheme := "http://"
+		if d.security.ServerTLS.Serves() {
+			scheme = "https://"
+		}
+		advertise = scheme + net.JoinHostPort(hostname, strconv.Itoa(port))
 	}
 	d.hostname, d.advertiseURL = hostname, advertise
 	switch d.cfg.Lease.Type {

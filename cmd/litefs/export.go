@@ -13,15 +13,22 @@ import (
 	"time"
 
 	lhttp "github.com/litefs-project/litefs/http"
+	"github.com/litefs-project/litefs/internal/sqlite"
 )
 
 // runExport implements "litefs export -name DB PATH".
 func runExport(args []string) error {
 	fs := flag.NewFlagSet("litefs export", flag.ContinueOnError)
 	name := fs.String("name", "", "database to export")
-	u := fs.String("url", defaultURL(), "the local node's API (or $LITEFS_URL)")
+	var node apiFlags
+	node.register(fs, "the local node's API")
+	u := &node.url
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	api, err := node.client()
+	if err != nil {
+		return fmt.Errorf("export: %w", err)
 	}
 	if *name == "" || fs.NArg() != 1 {
 		return errors.New("export: usage: litefs export -name DB PATH")
@@ -33,7 +40,7 @@ func runExport(args []string) error {
 	if err != nil {
 		return fmt.Errorf("export: %w", err)
 	}
-	resp, err := lhttp.NewAPIClient().HTTP.Do(req)
+	resp, err := api.HTTP.Do(req)
 	if err != nil {
 		return fmt.Errorf("export: %w", err)
 	}
@@ -67,9 +74,15 @@ func runExport(args []string) error {
 func runImport(args []string) error {
 	fs := flag.NewFlagSet("litefs import", flag.ContinueOnError)
 	name := fs.String("name", "", "database to replace or create")
-	u := fs.String("url", defaultURL(), "the local node's API (or $LITEFS_URL); must be the primary")
+	var node apiFlags
+	node.register(fs, "the local node's API; must be the primary")
+	u := &node.url
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	api, err := node.client()
+	if err != nil {
+		return fmt.Errorf("import: %w", err)
 	}
 	if *name == "" || fs.NArg() != 1 {
 		return errors.New("import: usage: litefs import -name DB PATH")
@@ -84,7 +97,6 @@ func runImport(args []string) error {
 	// The import is for the term the primary is in now: if the primary
 	// changes before the upload is in, it is refused rather than applied
 	// elsewhere.
-	api := lhttp.NewAPIClient()
 	info, err := api.Info(ctx, *u)
 	if err != nil {
 		return fmt.Errorf("import: %w", err)
@@ -92,11 +104,38 @@ func runImport(args []string) error {
 	if !info.IsPrimary {
 		return fmt.Errorf("import: %s is not the primary (the primary is %q at %s)", *u, info.Primary, info.PrimaryURL)
 	}
-	pos, err := api.Import(ctx, *u, *name, info.Epoch, f)
+	st, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("import: %w", err)
+	}
+	if err := checkImportFile(f, st.Size()); err != nil {
+		return fmt.Errorf("import: %s: %w", fs.Arg(0), err)
+	}
+	pos, err := api.Import(ctx, *u, *name, info.Epoch, f, st.Size())
 	if err != nil {
 		return fmt.Errorf("import: %w", err)
 	}
 	out := struct{ Pos string }{pos}
 	fmt.Fprintf(os.Stderr, "imported %s as %s, now at %s\n", fs.Arg(0), *name, out.Pos)
+	return nil
+}
+
+// checkImportFile refuses, before anything is sent, a file the primary
+// would refuse for its shape: one that is not a SQLite database, or whose
+// size is not the one its header declares. The primary checks again.
+func checkImportFile(f *os.File, size int64) error {
+	hdr := make([]byte, sqlite.HeaderSize)
+	if _, err := f.ReadAt(hdr, 0); err != nil {
+		return fmt.Errorf("not a SQLite database: it is only %d bytes", size)
+	}
+	h, err := sqlite.ParseDBHeader(hdr)
+	if err != nil {
+		return err
+	}
+	if pageN, ok := h.InHeaderPageN(); ok {
+		if want := int64(h.PageSize) * int64(pageN); want != size {
+			return fmt.Errorf("the file is %d bytes, but its SQLite header declares a database of %d bytes (%d pages of %d bytes)", size, want, pageN, h.PageSize)
+		}
+	}
 	return nil
 }

@@ -68,11 +68,17 @@ func runMount(args []string) error {
 	defer stop()
 	d := &daemon{cfg: cfg, logger: logger}
 	if err := d.open(ctx); err != nil {
+		if !cfg.ExitOnError {
+			return stayUp(err, sigs, logger)
+		}
 		return err
 	}
 	var runErr error
 	if d.waitReady(sigs, cfg.SkipSync) {
 		runErr = runCommands(cmds, sigs, logger)
+		if runErr != nil && !cfg.ExitOnError {
+			runErr = stayUp(runErr, sigs, logger)
+		}
 	}
 	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), unmountTimeout+gracefulHandoffTimeout)
 	defer cancel()
@@ -83,6 +89,16 @@ func runMount(args []string) error {
 		}
 	}
 	return runErr
+}
+
+// stayUp keeps litefs running after its start-up or its application
+// failed, until a signal, so that an operator can look at the machine
+// rather than watch it restart (exit-on-error: false). It returns err.
+func stayUp(err error, sigs <-chan os.Signal, logger *slog.Logger) error {
+	logger.Error("exit-on-error is false: staying up until SIGINT or SIGTERM", "err", err)
+	sig := <-sigs
+	logger.Info("signal received, shutting down", "signal", sig.String())
+	return err
 }
 
 // waitReady waits until the node is primary or caught up with the primary

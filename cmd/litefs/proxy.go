@@ -4,22 +4,24 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/http"
 	"net/url"
 	"strconv"
 	"sync"
+	"time"
 
 	lhttp "github.com/litefs-project/litefs/http"
 )
 
 // startProxy runs the HTTP proxy in front of the application, if
-// configured. Other nodes reach it on the host of this node's advertise
-// URL and the proxy's port.
+// configured. Other nodes' proxies forward writes to it through this
+// node's API, under lhttp.ProxyPrefix.
 func (d *daemon) startProxy() error {
 	c := d.cfg.Proxy
 	if c.Target == "" {
 		return nil
 	}
-	cache := &proxyCache{client: lhttp.NewAPIClient()}
+	cache := &proxyCache{client: lhttp.NewAPIClient(d.security)}
 	d.proxy = lhttp.NewProxy(d.store, lhttp.ProxyOptions{
 		Addr:           c.Addr,
 		Target:         c.Target,
@@ -33,9 +35,21 @@ func (d *daemon) startProxy() error {
 			u, _ := d.node.PrimaryURL()
 			return cache.get(ctx, u)
 		},
-		Lag:    d.node.Lag,
-		Logger: d.logger,
+		Forward: d.security.ProxyClient(&http.Transport{
+			Proxy:               nil,
+			DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 15 * time.Second}).DialContext,
+			MaxIdleConnsPerHost: 16,
+			IdleConnTimeout:     time.Minute,
+		}),
+		ReadTimeout:       c.ReadTimeout,
+		ReadHeaderTimeout: c.ReadHeaderTimeout,
+		WriteTimeout:      c.WriteTimeout,
+		IdleTimeout:       c.IdleTimeout,
+		Debug:             c.Debug,
+		Lag:               d.node.Lag,
+		Logger:            d.logger,
 	})
+	d.http.Handle(lhttp.ProxyPrefix+"/", http.HandlerFunc(d.proxy.ServeForwarded))
 	if err := d.proxy.Listen(); err != nil {
 		return err
 	}
@@ -79,8 +93,9 @@ func (c *proxyCache) get(ctx context.Context, api string) (string, error) {
 	if info.ProxyURL == "" {
 		return "", errors.New("the primary runs no proxy")
 	}
+	// Writes go through the primary's API, which passes them to its proxy.
 	c.mu.Lock()
-	c.api, c.url = api, info.ProxyURL
+	c.api, c.url = api, api
 	c.mu.Unlock()
-	return info.ProxyURL, nil
+	return api, nil
 }

@@ -29,7 +29,9 @@ func defaultURL() string {
 // run a command.
 func runRun(args []string) error {
 	fs := flag.NewFlagSet("litefs run", flag.ContinueOnError)
-	url := fs.String("url", defaultURL(), "the local node's API (or $LITEFS_URL)")
+	var node apiFlags
+	node.register(fs, "the local node's API")
+	url := &node.url
 	promote := fs.Bool("promote", false, "make this node the primary by handoff before running the command")
 	ifCandidate := fs.Bool("if-candidate", false, "do nothing unless this node is a candidate")
 	var withLock string
@@ -51,7 +53,10 @@ func runRun(args []string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	api := lhttp.NewAPIClient()
+	api, err := node.client()
+	if err != nil {
+		return fmt.Errorf("run: %w", err)
+	}
 
 	if *ifCandidate {
 		info, err := api.Info(ctx, *url)
@@ -100,13 +105,18 @@ func runRun(args []string) error {
 // to a caught-up candidate.
 func runDemote(args []string) error {
 	fs := flag.NewFlagSet("litefs demote", flag.ContinueOnError)
-	url := fs.String("url", defaultURL(), "the local node's API (or $LITEFS_URL)")
+	var node apiFlags
+	node.register(fs, "the local node's API")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	api, err := node.client()
+	if err != nil {
+		return fmt.Errorf("demote: %w", err)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	info, err := lhttp.NewAPIClient().Demote(ctx, *url)
+	info, err := api.Demote(ctx, node.url)
 	if err != nil {
 		return fmt.Errorf("demote: %w", err)
 	}

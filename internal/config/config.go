@@ -6,14 +6,17 @@ package config
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
 
+	lhttp "github.com/litefs-project/litefs/http"
 	"github.com/litefs-project/litefs/lease"
 	"github.com/litefs-project/litefs/node"
 	"github.com/litefs-project/litefs/store"
@@ -56,6 +59,122 @@ type FUSEConfig struct {
 type HTTPConfig struct {
 	Addr            string        `yaml:"addr"`
 	SnapshotTimeout time.Duration `yaml:"snapshot-timeout"`
+
+	// The cluster secret: every inter-node and admin request carries it.
+	// Empty for an open API, as LiteFS has.
+	AuthToken     Secret `yaml:"auth-token"`
+	AuthTokenFile string `yaml:"auth-token-file"`
+	// During a rotation, the previous secret is accepted (and tried
+	// against peers that refuse the new one) for AuthTokenOverlap after
+	// start-up.
+	PreviousAuthToken     Secret        `yaml:"previous-auth-token"`
+	PreviousAuthTokenFile string        `yaml:"previous-auth-token-file"`
+	AuthTokenOverlap      time.Duration `yaml:"auth-token-overlap"`
+	// PublicEndpoints are served without the secret: "/metrics" and
+	// "/health" are the only ones allowed.
+	PublicEndpoints []string `yaml:"public-endpoints"`
+	// AllowedHosts are the names, besides IP literals and localhost,
+	// that requests may address this node by; "*" for any.
+	AllowedHosts []string      `yaml:"allowed-hosts"`
+	Pprof        bool          `yaml:"pprof"`
+	TLS          HTTPTLSConfig `yaml:"tls"`
+
+	// Limits of requests and connections (see http.ServerOptions).
+	MaxImportSize      Size          `yaml:"max-import-size"`
+	MaxRequestBody     Size          `yaml:"max-request-body"`
+	MaxConnections     int           `yaml:"max-connections"`
+	ConnectionWait     time.Duration `yaml:"connection-wait"`
+	ReadHeaderTimeout  time.Duration `yaml:"read-header-timeout"`
+	IdleTimeout        time.Duration `yaml:"idle-timeout"`
+	BodyReadTimeout    time.Duration `yaml:"body-read-timeout"`
+	MinBodyRate        Size          `yaml:"min-body-rate"` // bytes a second
+	WriteTimeout       time.Duration `yaml:"write-timeout"`
+	ExportWriteTimeout time.Duration `yaml:"export-write-timeout"`
+}
+
+// Size is a number of bytes: an integer, or one with a unit (KB, MB, GB,
+// KiB, MiB, GiB).
+type Size int64
+
+// UnmarshalYAML reads a size with or without its unit.
+func (s *Size) UnmarshalYAML(n *yaml.Node) error {
+	v := strings.TrimSpace(n.Value)
+	units := []struct {
+		suffix string
+		mult   int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"B", 1}}
+	mult := int64(1)
+	for _, u := range units {
+		if num, ok := strings.CutSuffix(v, u.suffix); ok {
+			v, mult = strings.TrimSpace(num), u.mult
+			break
+		}
+	}
+	num, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || num < 0 || num > math.MaxInt64/mult {
+		return fmt.Errorf("line %d: invalid size %q: want a number of bytes, optionally with KiB, MiB, GiB, KB, MB or GB", n.Line, n.Value)
+	}
+	*s = Size(num * mult)
+	return nil
+}
+
+// HTTPTLSConfig serves the API over TLS and verifies peers.
+type HTTPTLSConfig struct {
+	CertFile     string `yaml:"cert-file"`
+	KeyFile      string `yaml:"key-file"`
+	CAFile       string `yaml:"ca-file"`
+	ClientCAFile string `yaml:"client-ca-file"`
+}
+
+// Secret is a configured secret: it is never printed, logged or encoded.
+type Secret string
+
+// String hides the secret.
+func (s Secret) String() string {
+	if s == "" {
+		return ""
+	}
+	return "[redacted]"
+}
+
+// GoString hides the secret from %#v.
+func (s Secret) GoString() string { return s.String() }
+
+// MarshalJSON hides the secret.
+func (s Secret) MarshalJSON() ([]byte, error) { return []byte(`"` + s.String() + `"`), nil }
+
+// Reveal returns the secret itself, for the code that uses it.
+func (s Secret) Reveal() string { return string(s) }
+
+// Tokens returns the current and previous cluster secrets, read from the
+// configuration or the files it names. A file's surrounding whitespace is
+// not part of the secret.
+func (h HTTPConfig) Tokens() (current, previous string, err error) {
+	if current, err = readSecret("http.auth-token", h.AuthToken, h.AuthTokenFile); err != nil {
+		return "", "", err
+	}
+	if previous, err = readSecret("http.previous-auth-token", h.PreviousAuthToken, h.PreviousAuthTokenFile); err != nil {
+		return "", "", err
+	}
+	if previous != "" && current == "" {
+		return "", "", errors.New("http.previous-auth-token is set without http.auth-token")
+	}
+	return current, previous, nil
+}
+
+func readSecret(key string, value Secret, file string) (string, error) {
+	if file == "" {
+		return value.Reveal(), nil
+	}
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("%s-file: %w", key, err)
+	}
+	s := strings.TrimSpace(string(data))
+	if s == "" {
+		return "", fmt.Errorf("%s-file %s is empty", key, file)
+	}
+	return s, nil
 }
 
 // LeaseConfig chooses how the primary is elected.
@@ -194,6 +313,7 @@ const (
 	DefaultPrimaryRedirectTimeout   = 5 * time.Second
 	DefaultReadHeaderTimeout        = 10 * time.Second
 	DefaultIdleTimeout              = 30 * time.Second
+	DefaultAuthTokenOverlap         = time.Hour
 )
 
 // New returns a configuration holding the defaults.
@@ -205,7 +325,22 @@ func New() Config {
 			Retention:                DefaultRetention,
 			RetentionMonitorInterval: DefaultRetentionMonitorInterval,
 		},
-		HTTP: HTTPConfig{Addr: DefaultHTTPAddr},
+		HTTP: HTTPConfig{
+			Addr:             DefaultHTTPAddr,
+			AuthTokenOverlap: DefaultAuthTokenOverlap,
+
+			MaxImportSize:      lhttp.DefaultMaxImportSize,
+			MaxRequestBody:     lhttp.DefaultMaxRequestBody,
+			MaxConnections:     lhttp.DefaultMaxConnections,
+			ConnectionWait:     lhttp.DefaultConnectionWait,
+			ReadHeaderTimeout:  lhttp.DefaultReadHeaderTimeout,
+			IdleTimeout:        lhttp.DefaultIdleTimeout,
+			BodyReadTimeout:    lhttp.DefaultBodyReadTimeout,
+			MinBodyRate:        lhttp.DefaultMinBodyRate,
+			WriteTimeout:       lhttp.DefaultWriteTimeout,
+			ExportWriteTimeout: lhttp.DefaultExportWriteTimeout,
+			PublicEndpoints:    append([]string(nil), lhttp.DefaultPublicPaths...),
+		},
 		Lease: LeaseConfig{
 			Candidate:      true,
 			ReconnectDelay: DefaultReconnectDelay,
@@ -351,8 +486,48 @@ func (c *Config) Validate() error {
 			return errors.New("proxy.db is required when proxy.target is set")
 		}
 	}
+	if err := c.HTTP.validate(); err != nil {
+		return err
+	}
 	if c.Backup.Type != "" {
 		return fmt.Errorf("backup.type %q is not supported", c.Backup.Type)
+	}
+	return nil
+}
+
+// validate checks the API's security settings.
+func (h HTTPConfig) validate() error {
+	switch {
+	case h.AuthToken != "" && h.AuthTokenFile != "":
+		return errors.New("http.auth-token and http.auth-token-file are alternatives: set one")
+	case h.PreviousAuthToken != "" && h.PreviousAuthTokenFile != "":
+		return errors.New("http.previous-auth-token and http.previous-auth-token-file are alternatives: set one")
+	case h.AuthTokenOverlap <= 0:
+		return errors.New("http.auth-token-overlap must be positive")
+	case (h.TLS.CertFile == "") != (h.TLS.KeyFile == ""):
+		return errors.New("http.tls.cert-file and http.tls.key-file go together")
+	case h.TLS.ClientCAFile != "" && h.TLS.CertFile == "":
+		return errors.New("http.tls.client-ca-file needs http.tls.cert-file and http.tls.key-file: client certificates are asked for only over TLS")
+	}
+	limits := []struct {
+		key string
+		v   int64
+	}{
+		{"max-import-size", int64(h.MaxImportSize)}, {"max-request-body", int64(h.MaxRequestBody)},
+		{"max-connections", int64(h.MaxConnections)}, {"connection-wait", int64(h.ConnectionWait)},
+		{"read-header-timeout", int64(h.ReadHeaderTimeout)}, {"idle-timeout", int64(h.IdleTimeout)},
+		{"body-read-timeout", int64(h.BodyReadTimeout)}, {"min-body-rate", int64(h.MinBodyRate)},
+		{"write-timeout", int64(h.WriteTimeout)}, {"export-write-timeout", int64(h.ExportWriteTimeout)},
+	}
+	for _, l := range limits {
+		if l.v <= 0 {
+			return fmt.Errorf("http.%s must be positive", l.key)
+		}
+	}
+	for _, p := range h.PublicEndpoints {
+		if p != lhttp.PathMetrics && p != lhttp.PathHealth {
+			return fmt.Errorf("invalid http.public-endpoints entry %q: only %q and %q may be served without the secret", p, lhttp.PathMetrics, lhttp.PathHealth)
+		}
 	}
 	return nil
 }

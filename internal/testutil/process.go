@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	lhttp "github.com/litefs-project/litefs/http"
 	"github.com/litefs-project/litefs/ltx"
 )
 
@@ -163,6 +165,19 @@ type NodeConfig struct {
 
 	// Fast runs a binary built without the race detector.
 	Fast bool
+
+	// HTTP is more YAML under http:, each line indented by two spaces.
+	HTTP string
+
+	// Secure, if set, gives the node a cluster secret and, with a CA,
+	// mutual TLS; the test's own requests (Client, API) present them.
+	Secure *Secure
+}
+
+// Secure is a node's API security in a test.
+type Secure struct {
+	Token string
+	CA    *CA // nil: plain HTTP
 }
 
 // Node is a litefs process with its mount and data directory.
@@ -174,6 +189,8 @@ type Node struct {
 	DataDir  string
 	CfgPath  string
 	LogPath  string
+
+	clientTLS *lhttp.TLS // the test's own certificate, with Secure.CA
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -208,7 +225,50 @@ func (n *Node) ReplicaLease(primary *Node) string {
 }
 
 // URL returns the base URL of the node's API.
-func (n *Node) URL() string { return "http://" + n.HTTPAddr }
+func (n *Node) URL() string {
+	if s := n.Config.Secure; s != nil && s.CA != nil {
+		return "https://" + n.HTTPAddr
+	}
+	return "http://" + n.HTTPAddr
+}
+
+// Security returns the credentials the test presents to the node: its
+// secret and a certificate from its CA.
+func (n *Node) Security() *lhttp.Security {
+	s := n.Config.Secure
+	if s == nil {
+		return nil
+	}
+	sec := &lhttp.Security{Tokens: lhttp.NewTokens(s.Token, "", time.Time{})}
+	if s.CA != nil {
+		sec.ClientTLS = n.clientTLS
+	}
+	return sec
+}
+
+// Client returns an HTTP client for the node's API that presents the
+// test's credentials.
+func (n *Node) Client() *http.Client {
+	return &http.Client{Timeout: 5 * time.Second, Transport: n.Security().Client(&http.Transport{})}
+}
+
+// API returns an API client that presents the test's credentials.
+func (n *Node) API() *lhttp.APIClient { return lhttp.NewAPIClient(n.Security()) }
+
+// httpSettings returns the YAML under http: that Secure asks for.
+func (n *Node) httpSettings(t T) string {
+	s := n.Config.Secure
+	if s == nil {
+		return n.Config.HTTP
+	}
+	out := n.Config.HTTP + fmt.Sprintf("  auth-token: %q\n", s.Token)
+	if s.CA != nil {
+		cert, key := s.CA.Issue(t, n.Config.Name)
+		out += fmt.Sprintf("  tls:\n    cert-file: %q\n    key-file: %q\n    ca-file: %q\n    client-ca-file: %q\n", cert, key, s.CA.CAFile, s.CA.CAFile)
+		n.clientTLS = s.CA.ClientTLS(t, n.Config.Name+"-client")
+	}
+	return out
+}
 
 // FreeAddr returns a loopback address whose port is free right now.
 func FreeAddr(t T) string {
@@ -265,7 +325,7 @@ func (n *Node) WriteConfig(t T, body string) {
 	if d := n.Config.RetentionMonitorInterval; d > 0 {
 		data += fmt.Sprintf("  retention-monitor-interval: %s\n", d)
 	}
-	cfg := fmt.Sprintf("fuse:\n  dir: %q\n%shttp:\n  addr: %q\n%s%s", n.Mnt, data, n.HTTPAddr, settings, body)
+	cfg := fmt.Sprintf("fuse:\n  dir: %q\n%shttp:\n  addr: %q\n%s%s%s", n.Mnt, data, n.HTTPAddr, n.httpSettings(t), settings, body)
 	if err := os.WriteFile(n.CfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
