@@ -69,11 +69,12 @@ func (d *daemon) startProxy() error {
 	return nil
 }
 
-// proxyCache remembers the proxy URL of the primary at an API URL.
+// proxyCache remembers which primary API was seen to run a proxy: writes
+// are forwarded through that API, which passes them to its proxy.
 type proxyCache struct {
-	client   *lhttp.APIClient
-	mu       sync.Mutex
-	api, url string
+	client *lhttp.APIClient
+	mu     sync.Mutex
+	api    string // the last primary API seen with a proxy
 }
 
 func (c *proxyCache) get(ctx context.Context, api string) (string, error) {
@@ -81,11 +82,11 @@ func (c *proxyCache) get(ctx context.Context, api string) (string, error) {
 		return "", errors.New("no primary is known")
 	}
 	c.mu.Lock()
-	if c.api == api {
-		defer c.mu.Unlock()
-		return c.url, nil
-	}
+	known := c.api == api
 	c.mu.Unlock()
+	if known {
+		return api, nil
+	}
 	info, err := c.client.Info(ctx, api)
 	if err != nil {
 		return "", err
@@ -93,9 +94,8 @@ func (c *proxyCache) get(ctx context.Context, api string) (string, error) {
 	if info.ProxyURL == "" {
 		return "", errors.New("the primary runs no proxy")
 	}
-	// Writes go through the primary's API, which passes them to its proxy.
 	c.mu.Lock()
-	c.api, c.url = api, api
+	c.api = api
 	c.mu.Unlock()
 	return api, nil
 }
