@@ -113,6 +113,7 @@ func TestSecureCluster(t *testing.T) {
 		{"secret, trusting another CA", client(&lhttp.Security{ClientTLS: other.ClientTLS(t, "x"), Tokens: lhttp.NewTokens(sec.Token, "", time.Time{})}), nil, nil, "not signed by a CA this node trusts"},
 		{"plain HTTP", client(&lhttp.Security{Tokens: lhttp.NewTokens(sec.Token, "", time.Time{})}), nil, func(n *testutil.Node) string { return "http://" + n.HTTPAddr }, "speaks HTTPS"},
 		{"web page", a.Client(), http.Header{"Origin": {"http://evil.example"}}, nil, "403"},
+		{"rebound host name", a.Client(), http.Header{"Host": {"evil.example:20202"}}, nil, "421"},
 	}
 	for _, in := range intruders {
 		t.Run(in.name, func(t *testing.T) {
@@ -205,6 +206,10 @@ func try(c *http.Client, base string, in intrusion, header http.Header) string {
 		req.Header.Set("Content-Type", in.ctype)
 	}
 	for k, v := range header {
+		if k == "Host" {
+			req.Host = v[0]
+			continue
+		}
 		req.Header[k] = v
 	}
 	resp, err := c.Do(req)
