@@ -1,10 +1,14 @@
 package http
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
@@ -34,6 +38,13 @@ func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard
 
 func newHaltPair(t *testing.T) *haltPair {
 	t.Helper()
+	return newHaltPairOpts(t, store.TermOptions{HaltTTL: time.Minute})
+}
+
+// newHaltPairOpts is newHaltPair with the primary's term configured by
+// opts (its epoch is 3).
+func newHaltPairOpts(t *testing.T, opts store.TermOptions) *haltPair {
+	t.Helper()
 	open := func() *store.Store {
 		st, err := store.Open(store.Options{Dir: t.TempDir(), Logger: quietLogger()})
 		if err != nil {
@@ -46,7 +57,8 @@ func newHaltPair(t *testing.T) *haltPair {
 	if _, err := p.primary.CreateDB("db"); err != nil {
 		t.Fatal(err)
 	}
-	term, err := p.primary.BeginTerm(context.Background(), store.TermOptions{Epoch: 3, HaltTTL: time.Minute})
+	opts.Epoch = 3
+	term, err := p.primary.BeginTerm(context.Background(), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,5 +169,117 @@ func TestHaltClientLosesLockOnNewPrimary(t *testing.T) {
 	var se *StatusError
 	if _, err := p.client.acquireFrom(ctx, p.srv.URL, 4, p.client.gen, "db", false); !errors.As(err, &se) || se.Code != 409 {
 		t.Fatalf("request for another term: %v, want 409", err)
+	}
+}
+
+// haltPost posts body to a HALT endpoint of the pair's primary and
+// returns the status and the error it names.
+func (p *haltPair) haltPost(t *testing.T, path string, hdr http.Header, body io.Reader, size int64) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, p.srv.URL+path, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.ContentLength = size
+	req.Header.Set("Content-Type", "application/json")
+	for k, v := range hdr {
+		req.Header[k] = v
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var e Error
+	json.NewDecoder(resp.Body).Decode(&e)
+	return resp.StatusCode, e.Error
+}
+
+// TestHaltMalformedIDs: a lock ID that is not 32 hexadecimal digits is
+// refused with 400 by every endpoint that takes one, and the holder's
+// lock is untouched.
+func TestHaltMalformedIDs(t *testing.T) {
+	p := newHaltPair(t)
+	h, err := p.client.Acquire(context.Background(), "db", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"", "12345", "0123456789abcdef", strings.Repeat("x", 32), strings.Repeat("0", 32), strings.Repeat("a", 31)} {
+		ref := fmt.Sprintf(`{"name":"db","id":%q,"epoch":3}`, id)
+		for _, path := range []string{"/halt/keepalive", "/halt/release"} {
+			if code, msg := p.haltPost(t, path, nil, strings.NewReader(ref), int64(len(ref))); code != http.StatusBadRequest || !strings.Contains(msg, "ID") {
+				t.Errorf("%s with ID %q: %d %q, want 400", path, id, code, msg)
+			}
+		}
+		hdr := http.Header{HaltIDHeader: {id}, "Content-Type": {"application/octet-stream"}}
+		if code, msg := p.haltPost(t, "/halt/commit?name=db&epoch=3", hdr, strings.NewReader("ltx"), 3); code != http.StatusBadRequest || !strings.Contains(msg, "ID") {
+			t.Errorf("commit with ID %q: %d %q, want 400", id, code, msg)
+		}
+	}
+	if err := h.Lost(); err != nil {
+		t.Fatalf("the holder lost its lock: %v", err)
+	}
+}
+
+// TestHaltCommitRefusedBeforeBody: a commit for a lock that is not held,
+// or declaring more than the term's MaxHaltCommit, or no length at all,
+// is answered while its body has not been sent.
+func TestHaltCommitRefusedBeforeBody(t *testing.T) {
+	p := newHaltPairOpts(t, store.TermOptions{HaltTTL: time.Minute, MaxHaltCommit: 1 << 20})
+	h, err := p.client.Acquire(context.Background(), "db", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := h.(*remoteHalt).ref.ID.String()
+	for _, tc := range []struct {
+		name string
+		id   string
+		size int64
+		code int
+	}{
+		{"over the limit", id, 1<<20 + 1, http.StatusRequestEntityTooLarge},
+		{"not the holder", strings.Repeat("ab", 16), 100, http.StatusConflict},
+		{"no length", id, -1, http.StatusLengthRequired},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// The body never arrives: only an answer that needs none
+			// comes back.
+			body, w := io.Pipe()
+			defer w.Close()
+			hdr := http.Header{HaltIDHeader: {tc.id}, "Content-Type": {"application/octet-stream"}}
+			if code, msg := p.haltPost(t, "/halt/commit?name=db&epoch=3", hdr, body, tc.size); code != tc.code {
+				t.Fatalf("%d %q, want %d", code, msg, tc.code)
+			}
+		})
+	}
+	if err := h.Lost(); err != nil {
+		t.Fatalf("the holder lost its lock: %v", err)
+	}
+	// The holder's own commit of a changeset that does not fit is still
+	// heard and refused on its merits.
+	if err := h.Commit(context.Background(), bytes.Repeat([]byte{1}, 10)); err == nil || !errors.Is(err, store.ErrCommitRefused) {
+		t.Fatalf("commit of a bad changeset: %v", err)
+	}
+}
+
+// TestHaltRetryable: the replica asks again after a full queue (429), a
+// wait past its deadline (408), a primary without a term (503), and gives
+// up on anything else.
+func TestHaltRetryable(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{&StatusError{Code: http.StatusTooManyRequests}, true},
+		{&StatusError{Code: http.StatusRequestTimeout}, true},
+		{&StatusError{Code: http.StatusServiceUnavailable}, true},
+		{&StatusError{Code: http.StatusConflict, Message: store.ErrStaleEpoch.Error()}, true},
+		{&StatusError{Code: http.StatusBadRequest}, false},
+		{&StatusError{Code: http.StatusNotFound}, false},
+		{store.ErrHaltHeld, false},
+	} {
+		if got := retryable(tc.err); got != tc.want {
+			t.Errorf("retryable(%v) = %v, want %v", tc.err, got, tc.want)
+		}
 	}
 }

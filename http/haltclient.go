@@ -187,11 +187,12 @@ func (c *HaltClient) Acquire(ctx context.Context, name string, wait bool) (store
 
 // retryable reports whether a failed request for the lock is worth asking
 // again: no primary, a primary whose term ended or that is not the one
-// asked, or a round that timed out.
+// asked, a round that timed out, or a primary with as many requests
+// waiting as it queues.
 func retryable(err error) bool {
 	var se *StatusError
 	if errors.As(err, &se) {
-		return se.Code == http.StatusServiceUnavailable || se.Code == http.StatusRequestTimeout ||
+		return se.Code == http.StatusServiceUnavailable || se.Code == http.StatusRequestTimeout || se.Code == http.StatusTooManyRequests ||
 			(se.Code == http.StatusConflict && strings.Contains(se.Message, store.ErrStaleEpoch.Error()))
 	}
 	return !errors.Is(err, store.ErrHaltHeld)
@@ -238,7 +239,7 @@ func (c *HaltClient) acquireFrom(ctx context.Context, base string, epoch, gen ui
 	}
 	dec := json.NewDecoder(resp.Body)
 	var grant HaltResponse
-	if err := dec.Decode(&grant); err != nil || grant.ID == 0 {
+	if err := dec.Decode(&grant); err != nil || grant.ID.IsZero() {
 		resp.Body.Close()
 		return fail(fmt.Errorf("halt %s: reading the grant from %s: %v", name, base, err))
 	}
@@ -316,19 +317,23 @@ func (c *HaltClient) waitPos(ctx context.Context, name string, pos ltx.Pos) erro
 	}
 }
 
-// post sends body (JSON, or raw bytes as LTX) and decodes a 200 answer.
+// post sends body as JSON and decodes a 200 answer.
 func (c *HaltClient) post(ctx context.Context, u string, body, out any) error {
 	api := APIClient{HTTP: c.client}
-	b, ok := body.([]byte)
-	if !ok {
-		return api.call(ctx, http.MethodPost, u, body, out)
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(b))
+	return api.call(ctx, http.MethodPost, u, body, out)
+}
+
+// postChangeset sends a changeset committed under the lock ref.
+func (c *HaltClient) postChangeset(ctx context.Context, base string, ref HaltRef, data []byte) error {
+	q := url.Values{"name": {ref.Name}, "epoch": {strconv.FormatUint(ref.Epoch, 10)}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/halt/commit?"+q.Encode(), bytes.NewReader(data))
 	if err != nil {
 		return err
 	}
 	req.Header.Set("Content-Type", "application/octet-stream")
-	return api.do(req, out)
+	req.Header.Set(HaltIDHeader, ref.ID.String())
+	api := APIClient{HTTP: c.client}
+	return api.do(req, nil)
 }
 
 // remoteHalt is a HALT lock held from the primary.
@@ -425,8 +430,7 @@ func (h *remoteHalt) Commit(ctx context.Context, data []byte) error {
 	if err := h.Lost(); err != nil {
 		return err
 	}
-	q := url.Values{"name": {h.ref.Name}, "id": {strconv.FormatUint(h.ref.ID, 10)}, "epoch": {strconv.FormatUint(h.ref.Epoch, 10)}}
-	err := h.c.post(ctx, h.base+"/halt/commit?"+q.Encode(), data, nil)
+	err := h.c.postChangeset(ctx, h.base, h.ref, data)
 	if err == nil {
 		return nil
 	}

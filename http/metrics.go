@@ -100,6 +100,8 @@ var (
 		"Bytes of LTX appended to the database's log.", []string{"db"}, nil)
 	descHaltHeld = prometheus.NewDesc("litefs_db_halt_lock_held",
 		"1 while a HALT lock is held on the database, here or for a replica.", []string{"db"}, nil)
+	descHaltQueued = prometheus.NewDesc("litefs_db_halt_requests_waiting",
+		"HALT lock requests waiting for the database's lock on this node: replicas' on the primary, and local ones.", []string{"db"}, nil)
 	descPrimary = prometheus.NewDesc("litefs_is_primary",
 		"1 if this node is the primary.", nil, nil)
 	descReplicas = prometheus.NewDesc("litefs_replicas_connected",
@@ -111,7 +113,7 @@ var (
 	descEpoch = prometheus.NewDesc("litefs_epoch",
 		"The term this node holds (as primary) or follows (as replica); 0 if none.", nil, nil)
 	descHaltEnded = prometheus.NewDesc("litefs_halt_grants_ended_total",
-		"HALT locks this node granted that have ended, by reason: released, expired, disconnected, term-ended.", []string{"reason"}, nil)
+		"HALT locks this node granted that have ended, by reason: released, expired, disconnected, term-ended, preempted.", []string{"reason"}, nil)
 	descHandoff = prometheus.NewDesc("litefs_handoff_in_progress",
 		"1 while a handoff of the lease is waiting for or holding this primary's writes.", nil, nil)
 	descHoldsWaiting = prometheus.NewDesc("litefs_write_holds_waiting",
@@ -131,7 +133,7 @@ var (
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descTXID, descCommits, descChangesets, descChangesetBytes, descHaltHeld,
+	for _, d := range []*prometheus.Desc{descTXID, descCommits, descChangesets, descChangesetBytes, descHaltHeld, descHaltQueued,
 		descPrimary, descReplicas, descLag, descHaltWaiting, descEpoch, descHaltEnded, descTerms, descHandoff, descHoldsWaiting,
 		descReplicaSnapshots, descReplicaDiscarded, descReplicaRefused, descRenewals, descRenewalFailures} {
 		ch <- d
@@ -147,6 +149,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descChangesets, prometheus.CounterValue, float64(st.Changesets), name)
 		ch <- prometheus.MustNewConstMetric(descChangesetBytes, prometheus.CounterValue, float64(st.ChangesetBytes), name)
 		ch <- prometheus.MustNewConstMetric(descHaltHeld, prometheus.GaugeValue, boolValue(st.HaltHeld), name)
+		ch <- prometheus.MustNewConstMetric(descHaltQueued, prometheus.GaugeValue, float64(st.HaltWaiting), name)
 	}
 	ch <- prometheus.MustNewConstMetric(descPrimary, prometheus.GaugeValue, boolValue(c.node.IsPrimary()))
 	c.s.mu.Lock()

@@ -121,14 +121,24 @@ func (db *DB) applyChangesetHeld(ctx context.Context, data io.ReaderAt, size int
 	}
 	// Pages committed locally under the HALT lock may still be in the
 	// WAL; they go into the database file before anything is written over
-	// them.
+	// them. The kernel may cache the file's old content of those pages
+	// (readers found them in the WAL until now), so the whole file's
+	// cache goes after the apply, whether or not it succeeds.
+	settled := db.unsettledLocked()
 	if err := db.settleLocked(); err != nil {
 		db.mu.Unlock()
+		db.afterApply(nil, hdr.PageSize)
 		return db.Pos(), fmt.Errorf("apply changeset to %s: %w", db.name, err)
 	}
 	pos, err := db.writeChangeset(hdr, trailer, io.NewSectionReader(data, 0, size))
 	db.mu.Unlock()
+	if settled {
+		pgnos = nil
+	}
 	if err != nil {
+		if settled {
+			db.afterApply(nil, hdr.PageSize)
+		}
 		return pos, err
 	}
 	db.afterApply(pgnos, hdr.PageSize)

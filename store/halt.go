@@ -94,6 +94,7 @@ type Stats struct {
 	Changesets     int64 // changesets appended to the log (commits and applied)
 	ChangesetBytes int64 // their encoded size
 	HaltHeld       bool  // a HALT lock is held on it, here or for a replica
+	HaltWaiting    int   // HALT lock requests waiting for it: a replica's, or local ones on the primary
 }
 
 // Stats returns the database's counters.
@@ -102,7 +103,11 @@ func (db *DB) Stats() Stats {
 	db.mu.Lock()
 	held := db.halt != nil || db.grant != nil
 	db.mu.Unlock()
-	return Stats{Commits: db.commits.Load(), Changesets: n, ChangesetBytes: b, HaltHeld: held}
+	waiting := int(db.turn.writers.halts.Load())
+	if t := db.store.CurrentTerm(); t != nil {
+		waiting += t.haltQueued(db)
+	}
+	return Stats{Commits: db.commits.Load(), Changesets: n, ChangesetBytes: b, HaltHeld: held, HaltWaiting: waiting}
 }
 
 // HaltWaiting returns how many HALT lock requests are waiting.
@@ -144,6 +149,12 @@ func (db *DB) lockHalt(ctx context.Context, req rangelock.Lock, wait bool) (bool
 	if req.Type == rangelock.Write {
 		db.store.haltWaiting.Add(1)
 		defer db.store.haltWaiting.Add(-1)
+		if wait && db.store.Writable() {
+			// A process on the primary waiting for the byte is a local
+			// writer waiting: an old grant gives way to it (grant.go).
+			db.turn.writers.halts.Add(1)
+			defer db.turn.writers.halts.Add(-1)
+		}
 	}
 	if wait {
 		if err := db.haltLocks.Lock(ctx, req); err != nil {

@@ -43,10 +43,13 @@ func (db *DB) Lock(kind FileKind, req rangelock.Lock) (bool, error) {
 		return true, nil
 	}
 	if db.turn.gated(kind, req) || !t.TryLock(req) {
-		if req.Type == rangelock.Read {
-			// Only readers are owed a turn; writers wait for
-			// their own locks (and are held off under HALT).
+		switch {
+		case req.Type == rangelock.Read:
+			// Readers are owed a turn by applies.
 			db.turn.refuse()
+		case isWriterLock(kind, req):
+			// Writers are owed a turn by HALT grants.
+			db.turn.writers.refuse()
 		}
 		return false, nil
 	}
@@ -84,6 +87,9 @@ func (db *DB) afterLocalLock(kind FileKind, req rangelock.Lock) error {
 	}
 	if req.Type != rangelock.Unlock {
 		db.turn.serve()
+	}
+	if isWriterLock(kind, req) {
+		db.turn.writers.serve()
 	}
 	if kind == FileSHM && db.turn.applying.Load() {
 		// An apply waiting for rollback-mode readers tells WAL-mode

@@ -57,7 +57,7 @@ type Store struct {
 
 	haltWaiting  atomic.Int64    // HALT lock requests waiting
 	holdsWaiting atomic.Int64    // write holds (handoffs, imports, grants) waiting for writers
-	haltEnds     [4]atomic.Int64 // HALT grants ended, by HaltEndReasons
+	haltEnds     [5]atomic.Int64 // HALT grants ended, by HaltEndReasons
 
 	stop chan struct{}
 	wg   sync.WaitGroup

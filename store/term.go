@@ -40,17 +40,22 @@ import (
 //
 // Lock order: a grant's mu, then Term.mu, then DB.mu.
 type Term struct {
-	store   *Store
-	epoch   uint64
-	haltTTL time.Duration
-	clock   clock.Clock
-	ctx     context.Context // cancelled when the term begins to end
-	cancel  context.CancelCauseFunc
+	store         *Store
+	epoch         uint64
+	haltTTL       time.Duration
+	haltQueue     int
+	haltQueueWait time.Duration
+	haltMaxHold   time.Duration
+	maxHaltCommit int64
+	clock         clock.Clock
+	ctx           context.Context // cancelled when the term begins to end
+	cancel        context.CancelCauseFunc
 
 	mu        sync.Mutex
 	ending    bool
 	holds     map[*Hold]struct{}
-	grants    map[uint64]*haltGrant
+	grants    map[HaltID]*haltGrant
+	queued    map[*DB]int // HALT requests waiting, by database
 	members   map[*member]struct{}
 	nextOwner rangelock.Owner
 	ops       sync.WaitGroup // requests in flight: grants being made, forwarded commits, imports
@@ -71,12 +76,36 @@ var (
 type TermOptions struct {
 	Epoch   uint64        // the lease acquisition's epoch; must be non-zero
 	HaltTTL time.Duration // how long a HALT grant lives without a sign of life
-	Clock   clock.Clock   // nil for the system clock
+	// HaltQueue is the most HALT requests that wait for the lock on one
+	// database; 0 for DefaultHaltQueue.
+	HaltQueue int
+	// HaltQueueWait is the longest a HALT request waits for the lock; 0
+	// for HaltMaxHold plus HaltTTL, long enough for a grant ahead of it to
+	// give way.
+	HaltQueueWait time.Duration
+	// HaltMaxHold is how long a grant lasts at most once other writers
+	// wait for its database; 0 for DefaultHaltMaxHoldTTLs HALT TTLs.
+	HaltMaxHold time.Duration
+	// MaxHaltCommit is the largest forwarded changeset accepted, in bytes;
+	// 0 for DefaultMaxHaltCommit.
+	MaxHaltCommit int64
+	Clock         clock.Clock // nil for the system clock
 }
 
-// DefaultHaltTTL is how long a HALT grant outlives its holder's last sign
-// of life when TermOptions.HaltTTL is not set.
-const DefaultHaltTTL = 5 * time.Second
+// Defaults of TermOptions.
+const (
+	// DefaultHaltTTL is how long a HALT grant outlives its holder's last
+	// sign of life.
+	DefaultHaltTTL = 5 * time.Second
+	// DefaultHaltQueue is how many HALT requests may wait for the lock on
+	// one database; more are refused at once.
+	DefaultHaltQueue = 4
+	// DefaultHaltMaxHoldTTLs is HaltMaxHold in HALT TTLs: 30 s at the
+	// default TTL.
+	DefaultHaltMaxHoldTTLs = 6
+	// DefaultMaxHaltCommit bounds the size of one forwarded changeset.
+	DefaultMaxHaltCommit = 1 << 30
+)
 
 // holdOwnerBase is the first lock owner of the daemon's write holds; each
 // holder gets one of its own.
@@ -97,22 +126,41 @@ func (s *Store) BeginTerm(ctx context.Context, opts TermOptions) (*Term, error) 
 	if opts.HaltTTL <= 0 {
 		opts.HaltTTL = DefaultHaltTTL
 	}
+	if opts.HaltQueue <= 0 {
+		opts.HaltQueue = DefaultHaltQueue
+	}
+	if opts.HaltMaxHold <= 0 {
+		opts.HaltMaxHold = DefaultHaltMaxHoldTTLs * opts.HaltTTL
+	}
+	if opts.HaltQueueWait <= 0 {
+		// At the default TTL, 35 s: shorter than the replica's own bound
+		// on a request (a minute), so the replica hears why.
+		opts.HaltQueueWait = opts.HaltMaxHold + opts.HaltTTL
+	}
+	if opts.MaxHaltCommit <= 0 {
+		opts.MaxHaltCommit = DefaultMaxHaltCommit
+	}
 	if opts.Clock == nil {
 		opts.Clock = clock.Real()
 	}
 	ctx, cancel := context.WithCancelCause(context.WithoutCancel(ctx))
 	t := &Term{
-		store:     s,
-		epoch:     opts.Epoch,
-		haltTTL:   opts.HaltTTL,
-		clock:     opts.Clock,
-		ctx:       ctx,
-		cancel:    cancel,
-		holds:     make(map[*Hold]struct{}),
-		grants:    make(map[uint64]*haltGrant),
-		members:   make(map[*member]struct{}),
-		nextOwner: holdOwnerBase,
-		ended:     make(chan struct{}),
+		store:         s,
+		epoch:         opts.Epoch,
+		haltTTL:       opts.HaltTTL,
+		haltQueue:     opts.HaltQueue,
+		haltQueueWait: opts.HaltQueueWait,
+		haltMaxHold:   opts.HaltMaxHold,
+		maxHaltCommit: opts.MaxHaltCommit,
+		clock:         opts.Clock,
+		ctx:           ctx,
+		cancel:        cancel,
+		holds:         make(map[*Hold]struct{}),
+		grants:        make(map[HaltID]*haltGrant),
+		queued:        make(map[*DB]int),
+		members:       make(map[*member]struct{}),
+		nextOwner:     holdOwnerBase,
+		ended:         make(chan struct{}),
 	}
 	s.mu.Lock()
 	if cur := s.term; cur != nil {
@@ -188,13 +236,17 @@ func (t *Term) bind(ctx context.Context) (context.Context, context.CancelFunc) {
 
 func (t *Term) endedErr() error { return fmt.Errorf("%w (epoch %d)", ErrTermEnded, t.epoch) }
 
-// waitErr explains why a wait bound to the term stopped.
+// waitErr explains why a wait bound to the term stopped: the term ended,
+// or a HALT request's deadline passed.
 func (t *Term) waitErr(ctx context.Context, err error) error {
-	if cause := context.Cause(ctx); cause != nil && errors.Is(cause, ErrTermEnded) {
+	if cause := context.Cause(ctx); cause != nil && (errors.Is(cause, ErrTermEnded) || errors.Is(cause, ErrHaltWaitTimeout)) {
 		return cause
 	}
 	return err
 }
+
+// MaxHaltCommit returns the largest forwarded changeset the term accepts.
+func (t *Term) MaxHaltCommit() int64 { return t.maxHaltCommit }
 
 // ending reports whether End has begun.
 func (t *Term) isEnding() bool {

@@ -32,6 +32,10 @@ type readerTurn struct {
 	mu      sync.Mutex
 	refused bool
 	served  chan struct{} // closed when a refused reader got a lock
+
+	// writers is the same for the primary's local writers and HALT grants
+	// (grant.go).
+	writers writerTurn
 }
 
 // gated reports whether a local lock request must be refused because an

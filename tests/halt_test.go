@@ -9,7 +9,6 @@ import (
 	"io"
 	"net/http"
 	"os/exec"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,6 +17,7 @@ import (
 	"time"
 
 	"github.com/litefs-project/litefs"
+	lhttp "github.com/litefs-project/litefs/http"
 	"github.com/litefs-project/litefs/internal/testutil"
 	"github.com/litefs-project/litefs/ltx"
 	"golang.org/x/sys/unix"
@@ -278,7 +278,7 @@ func TestHaltMigrationWithRun(t *testing.T) {
 
 // haltGrant takes the HALT lock on db from the primary's API as a replica
 // does; the lock lives as long as the returned body stays open.
-func haltGrant(t *testing.T, primary *testutil.Node, db string, epoch uint64, wait bool) (uint64, io.ReadCloser) {
+func haltGrant(t *testing.T, primary *testutil.Node, db string, epoch uint64, wait bool) (string, io.ReadCloser) {
 	t.Helper()
 	body := fmt.Sprintf(`{"name":%q,"nodeID":"test","wait":%v,"epoch":%d}`, db, wait, epoch)
 	resp, err := http.Post(primary.URL()+"/halt", "application/json", strings.NewReader(body))
@@ -293,11 +293,42 @@ func haltGrant(t *testing.T, primary *testutil.Node, db string, epoch uint64, wa
 		resp.Body.Close()
 		t.Fatalf("halt: %s (%v)", resp.Status, err)
 	}
-	id, err := strconv.ParseUint(grant.ID, 10, 64)
+	if len(grant.ID) != 32 {
+		resp.Body.Close()
+		t.Fatalf("lock ID %q: want 128 bits in hexadecimal", grant.ID)
+	}
+	return grant.ID, resp.Body
+}
+
+// forgedID is a well-formed lock ID that is nobody's.
+const forgedID = "0123456789abcdef0123456789abcdef"
+
+// postHalt posts body to one of the primary's HALT endpoints, with the
+// lock ID in the header if id is set, and returns the status and the
+// error it names.
+func postHalt(t *testing.T, primary *testutil.Node, path, id string, body []byte) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, primary.URL()+path, bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return id, resp.Body
+	req.Header.Set("Content-Type", "application/json")
+	if strings.HasPrefix(path, "/halt/commit") {
+		req.Header.Set("Content-Type", "application/octet-stream")
+	}
+	if id != "" {
+		req.Header.Set(lhttp.HaltIDHeader, id)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var e struct {
+		Error string `json:"error"`
+	}
+	json.NewDecoder(resp.Body).Decode(&e)
+	return resp.StatusCode, e.Error
 }
 
 // TestHaltRefusals: a forged lock ID, a request for another term, a
@@ -316,23 +347,12 @@ func TestHaltRefusals(t *testing.T) {
 		t.Fatal("the primary reports no epoch")
 	}
 
-	post := func(path string, body []byte) (int, string) {
-		resp, err := http.Post(primary.URL()+path, "application/json", bytes.NewReader(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		var e struct {
-			Error string `json:"error"`
-		}
-		json.NewDecoder(resp.Body).Decode(&e)
-		return resp.StatusCode, e.Error
-	}
-	code, msg := post(fmt.Sprintf("/halt/commit?name=r.db&id=12345&epoch=%d", epoch), []byte("not an ltx file"))
+	post := func(path string, body []byte) (int, string) { return postHalt(t, primary, path, "", body) }
+	code, msg := postHalt(t, primary, fmt.Sprintf("/halt/commit?name=r.db&epoch=%d", epoch), forgedID, []byte("not an ltx file"))
 	if code != http.StatusConflict || !strings.Contains(msg, "not the holder") {
 		t.Fatalf("forged lock ID: %d %q", code, msg)
 	}
-	code, msg = post("/halt/release", []byte(fmt.Sprintf(`{"name":"r.db","id":"12345","epoch":%d}`, epoch)))
+	code, msg = post("/halt/release", []byte(fmt.Sprintf(`{"name":"r.db","id":%q,"epoch":%d}`, forgedID, epoch)))
 	if code != http.StatusConflict || !strings.Contains(msg, "not the holder") {
 		t.Fatalf("release by a non-holder: %d %q", code, msg)
 	}
@@ -348,7 +368,7 @@ func TestHaltRefusals(t *testing.T) {
 	if code, _ := post("/halt", []byte(fmt.Sprintf(`{"name":"r.db","nodeID":"test2","wait":false,"epoch":%d}`, epoch))); code != http.StatusConflict {
 		t.Fatalf("a second holder was granted the lock: %d", code)
 	}
-	code, msg = post(fmt.Sprintf("/halt/commit?name=r.db&id=%d&epoch=%d", id, epoch+1), []byte("x"))
+	code, msg = postHalt(t, primary, fmt.Sprintf("/halt/commit?name=r.db&epoch=%d", epoch+1), id, []byte("x"))
 	if code != http.StatusConflict || !strings.Contains(msg, "epoch") {
 		t.Fatalf("commit for another term: %d %q", code, msg)
 	}
@@ -372,7 +392,7 @@ func TestHaltRefusals(t *testing.T) {
 	if err := enc.Close(); err != nil {
 		t.Fatal(err)
 	}
-	code, msg = post(fmt.Sprintf("/halt/commit?name=r.db&id=%d&epoch=%d", id, epoch), buf.Bytes())
+	code, msg = postHalt(t, primary, fmt.Sprintf("/halt/commit?name=r.db&epoch=%d", epoch), id, buf.Bytes())
 	if code != http.StatusUnprocessableEntity || !strings.Contains(msg, "checksum") {
 		t.Fatalf("changeset with a wrong checksum: %d %q", code, msg)
 	}
@@ -382,7 +402,7 @@ func TestHaltRefusals(t *testing.T) {
 	testutil.IntegrityCheck(t, pconn)
 	// The holder releases; its connection ends, and the primary is
 	// writable again at once.
-	if code, msg := post("/halt/release", []byte(fmt.Sprintf(`{"name":"r.db","id":"%d","epoch":%d}`, id, epoch))); code != http.StatusOK {
+	if code, msg := post("/halt/release", []byte(fmt.Sprintf(`{"name":"r.db","id":%q,"epoch":%d}`, id, epoch))); code != http.StatusOK {
 		t.Fatalf("release by the holder: %d %q", code, msg)
 	}
 	if rest, err := io.ReadAll(held); err != nil || len(rest) != 0 {
@@ -460,4 +480,32 @@ func rowValues(t *testing.T, conn *sql.DB) map[string]bool {
 		m[v] = true
 	}
 	return m
+}
+
+// TestHaltOwnCommitsVisibleAfterApply: in WAL mode a replica's commits
+// under the HALT lock stay in its WAL until the next change from the
+// primary is applied, which folds them into the database file; readers,
+// whose kernel cache held the file's older pages, then still see them.
+func TestHaltOwnCommitsVisibleAfterApply(t *testing.T) {
+	primary, replicas := haltCluster(t, 1)
+	replica := replicas[0]
+	pconn := testutil.OpenDB(t, primary.Path("o.db"), "WAL")
+	testutil.Exec(t, pconn, "CREATE TABLE seed (v)")
+	replica.WaitPos(t, "o.db", primary.Pos(t, "o.db"), syncTimeout)
+	rconn := testutil.OpenDB(t, replica.Path("o.db"), "WAL")
+	// Read page 1 into the kernel's cache before the replica changes it.
+	testutil.Count(t, rconn, "seed")
+	if err := litefs.WithHalt(replica.Path("o.db"), func() error {
+		_, err := rconn.Exec("CREATE TABLE t (v)")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// A change from the primary that does not touch page 1.
+	testutil.Exec(t, pconn, "INSERT INTO seed VALUES (1)")
+	replica.WaitPos(t, "o.db", primary.Pos(t, "o.db"), syncTimeout)
+	if n := testutil.Count(t, rconn, "t"); n != 0 {
+		t.Fatalf("%d rows in t", n)
+	}
+	checkReplica(t, primary, replica, "o.db", "WAL")
 }
