@@ -40,7 +40,7 @@ func fileContent(b []byte, pageSize uint32) oldContent {
 
 // changesetOf encodes the pages of after that differ from before (and
 // every page beyond before's end) as a changeset, as a commit would.
-func changesetOf(t *testing.T, before, after []byte, pageSize uint32) []byte {
+func changesetOf(t testing.TB, before, after []byte, pageSize uint32) []byte {
 	t.Helper()
 	n := uint32(len(after) / int(pageSize))
 	pages := make(map[uint32][]byte)
@@ -60,23 +60,23 @@ func changesetOf(t *testing.T, before, after []byte, pageSize uint32) []byte {
 	return encodeChangeset(t, pageSize, n, pages, pgnos)
 }
 
-func encodeChangeset(t *testing.T, pageSize, commit uint32, pages map[uint32][]byte, pgnos []uint32) []byte {
+func encodeChangeset(t testing.TB, pageSize, commit uint32, pages map[uint32][]byte, pgnos []uint32) []byte {
 	t.Helper()
 	hdr := ltx.Header{Version: ltx.Version, PageSize: pageSize, Commit: commit, MinTXID: 2, MaxTXID: 2,
 		Timestamp: time.Now().UnixMilli(), PreApplyChecksum: ltx.ChecksumFlag | 1}
-	return encodeLTX(t, hdr, pages, pgnos, ltx.ChecksumFlag|2)
+	return encodeLTXUnchecked(t, hdr, pages, pgnos)
 }
 
 // sqliteFile is a database file written by real SQLite, in rollback mode
 // so that the file holds each committed state.
 type sqliteFile struct {
-	t        *testing.T
+	t        testing.TB
 	path     string
 	conn     *sql.DB
 	pageSize uint32
 }
 
-func newSQLiteFile(t *testing.T, pageSize uint32, pragmas ...string) *sqliteFile {
+func newSQLiteFile(t testing.TB, pageSize uint32, pragmas ...string) *sqliteFile {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "db")
 	conn, err := sql.Open("sqlite3", "file:"+path+"?_journal_mode=DELETE")
@@ -297,7 +297,45 @@ func btreeExtra(p []byte) int {
 }
 
 // encodeLTXUnchecked encodes pages as a changeset whatever they hold.
-func encodeLTXUnchecked(t *testing.T, hdr ltx.Header, pages map[uint32][]byte, pgnos []uint32) []byte {
+func encodeLTXUnchecked(t testing.TB, hdr ltx.Header, pages map[uint32][]byte, pgnos []uint32) []byte {
 	t.Helper()
-	return encodeLTX(t, hdr, pages, pgnos, ltx.ChecksumFlag|2)
+	var buf bytes.Buffer
+	enc, err := ltx.NewEncoder(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := enc.EncodeHeader(hdr); err != nil {
+		t.Fatal(err)
+	}
+	for _, pgno := range pgnos {
+		if err := enc.EncodePage(ltx.PageHeader{Pgno: pgno}, pages[pgno]); err != nil {
+			t.Fatalf("encode page %d: %v", pgno, err)
+		}
+	}
+	enc.SetPostApplyChecksum(ltx.ChecksumFlag | 2)
+	if err := enc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// BenchmarkPageCheck: the check of a one-row insert's changeset, as the
+// primary runs it for each forwarded commit.
+func BenchmarkPageCheck(b *testing.B) {
+	f := newSQLiteFile(b, 4096)
+	f.exec("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+	for i := 0; i < 2000; i++ {
+		f.exec("INSERT INTO t (v) VALUES ('forwarded row')")
+	}
+	before := f.content()
+	f.exec("INSERT INTO t (v) VALUES ('forwarded row')")
+	cs := changesetOf(b, before, f.content(), 4096)
+	old := fileContent(before, 4096)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if err := checkChangeset(bytes.NewReader(cs), old); err != nil {
+			b.Fatal(err)
+		}
+	}
 }
