@@ -1,6 +1,7 @@
 // Package sqlcheck validates a SQLite database file before litefs takes it
-// in, with SQLite itself (the pure-Go translation, so the daemon stays a
-// static binary).
+// in, with SQLite itself: the C library (github.com/mattn/go-sqlite3) when
+// the binary is built with cgo, else its pure-Go translation
+// (modernc.org/sqlite), so that a static binary still checks, more slowly.
 package sqlcheck
 
 import (
@@ -12,13 +13,13 @@ import (
 	"net/url"
 	"os"
 	"strings"
-
-	_ "modernc.org/sqlite" // registers the "sqlite" driver
 )
 
 // Check reports why the file at path is not a sound SQLite database: not
 // one at all, or failing PRAGMA integrity_check. It opens the file
-// read-only and immutable, so it does not change it.
+// read-only and immutable, so it does not change it (nor look for a
+// journal or WAL beside it), and maps it into memory so that pages are not
+// copied in one system call each.
 func Check(path string) error {
 	f, err := os.Open(path)
 	if err != nil {
@@ -31,11 +32,18 @@ func Check(path string) error {
 		return errors.New("not a SQLite database: the file does not start with the SQLite header")
 	}
 	dsn := "file:" + (&url.URL{Path: path}).EscapedPath() + "?mode=ro&immutable=1"
-	db, err := sql.Open("sqlite", dsn)
+	db, err := sql.Open(driverName, dsn)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
+	// One connection, so that the PRAGMA below applies to the check.
+	db.SetMaxOpenConns(1)
+	// SQLite caps the mapping at its compile-time maximum (2 GiB by
+	// default) and reads the rest of a larger file as usual.
+	if _, err := db.Exec("PRAGMA mmap_size = 4294967296"); err != nil {
+		return fmt.Errorf("integrity_check: %w", err)
+	}
 	rows, err := db.Query("PRAGMA integrity_check")
 	if err != nil {
 		return fmt.Errorf("integrity_check: %w", err)
