@@ -479,7 +479,7 @@ func TestNodeDemoteDelay(t *testing.T) {
 	f.leaser.setPrimary(lease.PrimaryInfo{})
 	for i := 0; i < 5; i++ {
 		<-f.leaser.asked // the node looked at the lease instead of campaigning
-		f.clk.Advance(time.Second)
+		f.advanceWhenWaiting(t, time.Second, nil)
 	}
 	if len(f.leaser.leases) != 1 {
 		t.Fatal("the node campaigned within its demote delay")
@@ -487,7 +487,8 @@ func TestNodeDemoteDelay(t *testing.T) {
 	for leading := false; !leading; {
 		select {
 		case <-f.leaser.asked:
-			f.clk.Advance(time.Second)
+			// Once its delay is over the node campaigns instead of sleeping.
+			f.advanceWhenWaiting(t, time.Second, func() bool { return f.Role().IsPrimary })
 		case r := <-f.roles:
 			leading = r.IsPrimary && r.Epoch == 6
 		}
@@ -519,6 +520,25 @@ func TestNodeFollowsReplacementOfDeadPrimary(t *testing.T) {
 }
 
 func (f *fixture) Role() Role { return f.node.Role() }
+
+// advanceWhenWaiting advances the fake clock by d once the node has set
+// the timer it waits on: the node tells the lease it looked before it
+// sleeps, and a clock moved in between would leave it asleep for good. It
+// returns without advancing if instead (set and true) holds.
+func (f *fixture) advanceWhenWaiting(t *testing.T, d time.Duration, instead func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for f.clk.Pending() == 0 {
+		if instead != nil && instead() {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the node set no timer")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	f.clk.Advance(d)
+}
 
 // TestNodePromoteRefusesWhenAhead: a candidate whose database is ahead of
 // the positions the primary holds its writes at has diverged; taking the
