@@ -53,10 +53,12 @@ func runExport(args []string) error {
 		return fmt.Errorf("export: %w", err)
 	}
 	defer os.Remove(tmp.Name())
-	n, err := io.Copy(tmp, resp.Body)
+	prog := startProgress(os.Stderr, "export", resp.ContentLength)
+	n, err := io.Copy(tmp, prog.Reader(resp.Body))
 	if err == nil {
 		err = tmp.Sync()
 	}
+	prog.Stop()
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}
@@ -111,7 +113,12 @@ func runImport(args []string) error {
 	if err := checkImportFile(f, st.Size()); err != nil {
 		return fmt.Errorf("import: %s: %w", fs.Arg(0), err)
 	}
-	pos, err := api.Import(ctx, *u, *name, info.Epoch, f, st.Size())
+	// On a terminal, a long upload shows how far it is. Otherwise the file
+	// goes as it is, which lets the kernel send it without copying.
+	prog := startProgress(os.Stderr, "import", st.Size())
+	prog.After("the primary validates and applies it")
+	pos, err := api.Import(ctx, *u, *name, info.Epoch, prog.Reader(f), st.Size())
+	prog.Stop()
 	if err != nil {
 		return fmt.Errorf("import: %w", err)
 	}
