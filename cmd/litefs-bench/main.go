@@ -23,7 +23,7 @@ import (
 func main() {
 	binary := flag.String("litefs", "bin/litefs", "litefs binary to benchmark")
 	duration := flag.Duration("duration", 3*time.Second, "how long each write workload runs")
-	only := flag.String("only", "write,lag,tls,snapshot,halt,lease,faults,stall", "which benchmarks to run")
+	only := flag.String("only", "write,lag,tls,snapshot,importexport,halt,lease,faults,stall", "which benchmarks to run")
 	haltCycles := flag.Int("halt-cycles", 500, "HALT acquire + release cycles measured")
 	leaseRuns := flag.Int("lease-runs", 3, "failovers and handoffs measured")
 	leaseTTL := flag.Duration("lease-ttl", 10*time.Second, "lease.consul.ttl for the lease benchmark")
@@ -31,6 +31,7 @@ func main() {
 	faultRuns := flag.Int("fault-runs", 3, "faults of each kind measured")
 	lagCommits := flag.Int("lag-commits", 1000, "commits measured for replication lag")
 	snapshotMiB := flag.Int64("snapshot-mib", 1024, "size of the database a new replica copies, in MiB")
+	importMiB := flag.Int64("import-mib", 1024, "size of the database imported and exported, in MiB")
 	workdir := flag.String("dir", "", "directory for data (default: a temporary directory)")
 	flag.Parse()
 
@@ -53,6 +54,8 @@ func main() {
 			runTLSBench(h, *lagCommits, *duration)
 		case "snapshot":
 			runSnapshotBench(h, *snapshotMiB<<20)
+		case "importexport":
+			runImportExportBench(h, *importMiB<<20, 3)
 		case "halt":
 			runHaltBench(h, *haltCycles, *duration)
 		case "lease":
