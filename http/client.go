@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -198,6 +199,10 @@ func (r *Replicator) Stream(ctx context.Context, baseURL string, epoch uint64) e
 	})
 	defer idle.Stop()
 	fr := NewFrameReader(&watchdogReader{r: resp.Body, t: idle, d: streamIdleTimeout})
+	// One spool for every changeset of the stream: a changeset a commit
+	// long is received without allocating.
+	sp := &spool{dir: r.store.Dir()}
+	defer sp.Close()
 	for {
 		f, payload, err := fr.Next()
 		if err != nil {
@@ -207,7 +212,7 @@ func (r *Replicator) Stream(ctx context.Context, baseURL string, epoch uint64) e
 			return fmt.Errorf("stream from %s: %w", baseURL, err)
 		}
 		applying.Store(true)
-		err = r.handle(ctx, f, payload)
+		err = r.handle(ctx, f, payload, sp)
 		applying.Store(false)
 		idle.Reset(streamIdleTimeout)
 		if err != nil {
@@ -225,10 +230,11 @@ func (r *Replicator) Stream(ctx context.Context, baseURL string, epoch uint64) e
 	}
 }
 
-func (r *Replicator) handle(ctx context.Context, f Frame, payload io.Reader) error {
+// handle applies one frame; sp receives a changeset's payload.
+func (r *Replicator) handle(ctx context.Context, f Frame, payload io.Reader, sp *spool) error {
 	switch f.Type {
 	case FrameChangeset:
-		return r.applyChangeset(ctx, f.Name, ltx.TXID(f.Meta), payload)
+		return r.applyChangeset(ctx, f.Name, ltx.TXID(f.Meta), payload, sp)
 	case FrameSnapshot:
 		// Decoding and writing a whole database is bulk work: at a lower
 		// CPU priority it does not starve applications on this node.
@@ -281,13 +287,15 @@ func (r *Replicator) handle(ctx context.Context, f Frame, payload io.Reader) err
 	return fmt.Errorf("%w: unexpected type %d", ErrBadFrame, f.Type)
 }
 
-// applyChangeset receives a changeset completely, which verifies the
-// frame's checksum, before the store verifies and applies it. primaryTXID
-// is the database's position on the primary when the changeset was sent.
-func (r *Replicator) applyChangeset(ctx context.Context, name string, primaryTXID ltx.TXID, payload io.Reader) error {
-	sp := &spool{dir: r.store.Dir()}
-	defer sp.Close()
-	if _, err := io.Copy(sp, payload); err != nil {
+// applyChangeset receives a changeset completely into sp, which verifies
+// the frame's checksum, before the store verifies and applies it.
+// primaryTXID is the database's position on the primary when the
+// changeset was sent.
+func (r *Replicator) applyChangeset(ctx context.Context, name string, primaryTXID ltx.TXID, payload io.Reader, sp *spool) error {
+	if err := sp.reset(); err != nil {
+		return err
+	}
+	if _, err := sp.ReadFrom(payload); err != nil {
 		return err
 	}
 	hdr, err := ltx.DecodeHeader(io.NewSectionReader(sp, 0, sp.size))
@@ -364,8 +372,11 @@ func (r *Replicator) setConnected(v bool) {
 	r.mu.Unlock()
 }
 
+// spoolKeep is the most memory a spool keeps between payloads.
+const spoolKeep = 256 << 10
+
 // spool holds one received payload, in memory up to spoolMemory and in a
-// temporary file beyond.
+// temporary file beyond. reset makes it ready for the next payload.
 type spool struct {
 	dir  string
 	mem  []byte
@@ -408,6 +419,47 @@ func (s *spool) ReadAt(p []byte, off int64) (int, error) {
 		return n, io.EOF
 	}
 	return n, nil
+}
+
+// ReadFrom reads r to its end into the spool, straight into its memory
+// while the payload fits there.
+func (s *spool) ReadFrom(r io.Reader) (int64, error) {
+	var total int64
+	for s.file == nil && len(s.mem) < spoolMemory {
+		if len(s.mem) == cap(s.mem) {
+			s.mem = slices.Grow(s.mem, min(max(cap(s.mem), 4<<10), spoolMemory-len(s.mem)))
+		}
+		n, err := r.Read(s.mem[len(s.mem):min(cap(s.mem), spoolMemory)])
+		s.mem = s.mem[:len(s.mem)+n]
+		s.size += int64(n)
+		total += int64(n)
+		if errors.Is(err, io.EOF) {
+			return total, nil
+		} else if err != nil {
+			return total, err
+		}
+	}
+	// Larger than memory: Write moves the payload to a file.
+	n, err := io.Copy(spoolWriter{s}, r)
+	return total + n, err
+}
+
+// spoolWriter hides a spool's ReadFrom from io.Copy.
+type spoolWriter struct{ io.Writer }
+
+// reset empties the spool for the next payload, keeping up to spoolKeep
+// of its memory.
+func (s *spool) reset() error {
+	var err error
+	if s.file != nil {
+		err = s.file.Close()
+		s.file = nil
+	}
+	if cap(s.mem) > spoolKeep {
+		s.mem = nil
+	}
+	s.mem, s.size = s.mem[:0], 0
+	return err
 }
 
 func (s *spool) Close() error {

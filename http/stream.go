@@ -39,6 +39,7 @@ type stream struct {
 	published map[string]ltx.Pos // copy of sent, for Server.Replicas
 
 	readers map[string]*ltx.Reader
+	copyBuf []byte // carries changesets from the log into frames
 }
 
 func (st *stream) run(ctx context.Context) error {
@@ -52,7 +53,6 @@ func (st *stream) run(ctx context.Context) error {
 	defer hb.Stop()
 
 	ready := false
-	var lastSend time.Time
 	for {
 		changed := st.server.store.Changed()
 		sent, err := st.syncAll(ctx)
@@ -61,9 +61,6 @@ func (st *stream) run(ctx context.Context) error {
 		}
 		if sent {
 			st.publish()
-		}
-		if sent {
-			lastSend = time.Now()
 		}
 		if !ready {
 			if err := st.send(Frame{Type: FrameReady}, st.server.opts.WriteTimeout); err != nil {
@@ -79,16 +76,10 @@ func (st *stream) run(ctx context.Context) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-changed:
-			// Under a stream of commits, send them in batches at most
-			// every sendInterval: far fewer wake-ups on both nodes for
-			// a delay far below the lag anyone can observe.
-			if wait := sendInterval - time.Since(lastSend); wait > 0 {
-				select {
-				case <-ctx.Done():
-					return ctx.Err()
-				case <-time.After(wait):
-				}
-			}
+			// Send at once: an idle stream adds nothing to a commit's
+			// lag. Commits that land while a round is being sent go
+			// out together in the next round, so a stream batches
+			// exactly when commits come faster than it sends them.
 		case <-hb.C:
 			if err := st.heartbeat(); err != nil {
 				return err
@@ -139,9 +130,6 @@ func (st *stream) info() ReplicaInfo {
 		Positions:    st.published,
 	}
 }
-
-// sendInterval is the shortest time between two batches of changesets.
-const sendInterval = time.Millisecond
 
 // heartbeat tells the replica it has everything as of the primary's clock.
 func (st *stream) heartbeat() error {
@@ -333,7 +321,10 @@ func (st *stream) sendPayload(f Frame, r io.Reader, timeout time.Duration) error
 		return err
 	}
 	if r != nil {
-		n, err := io.Copy(st.fw.PayloadWriter(), r)
+		if st.copyBuf == nil {
+			st.copyBuf = make([]byte, 32<<10)
+		}
+		n, err := io.CopyBuffer(st.fw.PayloadWriter(), r, st.copyBuf)
 		st.server.metrics.streamed.WithLabelValues(f.Name).Add(float64(n))
 		if err != nil {
 			return err
