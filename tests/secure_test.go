@@ -182,9 +182,9 @@ func intrusions(t *testing.T, n *testutil.Node) []intrusion {
 		{"GET", "/debug/pprof/", "", ""},
 		{"POST", "/stream", json, fmt.Sprintf(`{"nodeID":"FFFF","positions":{},"epoch":%d}`, epoch)},
 		{"POST", "/halt", json, fmt.Sprintf(`{"name":"db","nodeID":"FFFF","epoch":%d}`, epoch)},
-		{"POST", "/halt/keepalive", json, fmt.Sprintf(`{"name":"db","id":"1","epoch":%d}`, epoch)},
-		{"POST", "/halt/release", json, fmt.Sprintf(`{"name":"db","id":"1","epoch":%d}`, epoch)},
-		{"POST", fmt.Sprintf("/halt/commit?name=db&id=1&epoch=%d", epoch), lhttp.ContentTypeBinary, "LTX1"},
+		{"POST", "/halt/keepalive", json, fmt.Sprintf(`{"name":"db","id":%q,"epoch":%d}`, guessedID, epoch)},
+		{"POST", "/halt/release", json, fmt.Sprintf(`{"name":"db","id":%q,"epoch":%d}`, guessedID, epoch)},
+		{"POST", fmt.Sprintf("/halt/commit?name=db&epoch=%d", epoch), lhttp.ContentTypeBinary, "LTX1"},
 		{"POST", fmt.Sprintf("/import?name=db&epoch=%d", epoch), lhttp.ContentTypeSQLite, db},
 		{"POST", "/promote", json, "{}"},
 		{"POST", "/demote", json, "{}"},
@@ -192,6 +192,9 @@ func intrusions(t *testing.T, n *testutil.Node) []intrusion {
 		{"POST", "/handoff/release", json, fmt.Sprintf(`{"hostname":"x","epoch":%d}`, epoch)},
 	}
 }
+
+// guessedID is a well-formed HALT lock ID that no node granted.
+const guessedID = "0123456789abcdef0123456789abcdef"
 
 // try sends one intrusion and describes the outcome: the status, or the
 // error.
@@ -205,6 +208,7 @@ func try(c *http.Client, base string, in intrusion, header http.Header) string {
 	if in.ctype != "" {
 		req.Header.Set("Content-Type", in.ctype)
 	}
+	req.Header.Set(lhttp.HaltIDHeader, guessedID)
 	for k, v := range header {
 		if k == "Host" {
 			req.Host = v[0]

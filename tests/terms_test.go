@@ -294,15 +294,22 @@ func TestRestartedPrimaryRefusesOldTerm(t *testing.T) {
 	if got := apiInfo(t, a); got.IsPrimary {
 		t.Fatal("the restarted primary claims the lease of its old session")
 	}
+	const id = "0123456789abcdef0123456789abcdef" // well formed, never granted
 	for _, req := range []struct{ path, body string }{
 		{"/halt", fmt.Sprintf(`{"name":"db","nodeID":"x","epoch":%d}`, oldEpoch)},
-		{fmt.Sprintf("/halt/commit?name=db&id=1&epoch=%d", oldEpoch), "ltx"},
-		{"/halt/keepalive", fmt.Sprintf(`{"name":"db","id":"1","epoch":%d}`, oldEpoch)},
+		{fmt.Sprintf("/halt/commit?name=db&epoch=%d", oldEpoch), "ltx"},
+		{"/halt/keepalive", fmt.Sprintf(`{"name":"db","id":%q,"epoch":%d}`, id, oldEpoch)},
 		{"/stream", fmt.Sprintf(`{"nodeID":"x","positions":{},"epoch":%d}`, oldEpoch)},
 		{fmt.Sprintf("/import?name=db&epoch=%d", oldEpoch), "SQLite format 3\x00"},
 		{"/handoff", fmt.Sprintf(`{"hostname":"b","epoch":%d}`, oldEpoch)},
 	} {
-		resp, err := http.Post(a.URL()+req.path, "application/json", bytes.NewReader([]byte(req.body)))
+		hreq, err := http.NewRequest(http.MethodPost, a.URL()+req.path, bytes.NewReader([]byte(req.body)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		hreq.Header.Set("Content-Type", "application/json")
+		hreq.Header.Set(lhttp.HaltIDHeader, id)
+		resp, err := http.DefaultClient.Do(hreq)
 		if err != nil {
 			t.Fatal(err)
 		}
