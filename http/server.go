@@ -146,14 +146,22 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="litefs"`)
 		}
 		s.metrics.refused(err.code)
-		// The body is not read: net/http discards a small one after the
-		// answer, so that the client sees the answer rather than a broken
-		// pipe, and closes the connection on a large one.
+		// A small body is read and dropped first, so that a client still
+		// sending it sees the answer rather than a broken pipe; a large
+		// one is not read at all (the connection is closed after the
+		// answer). Nothing of it reaches an endpoint.
+		if r.ContentLength > 0 && r.ContentLength <= refusedBodyDrain {
+			io.Copy(io.Discard, io.LimitReader(r.Body, refusedBodyDrain))
+		}
 		writeError(w, err.code, "%s", err.msg)
 		return
 	}
 	s.mux.ServeHTTP(w, r)
 }
+
+// refusedBodyDrain is the largest body of a refused request that is read
+// before the answer.
+const refusedBodyDrain = 64 << 10
 
 // handleHealth answers GET /health: the node is up and serving. It says
 // nothing else, so that it can stay open to monitoring without the secret.
