@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/litefs-project/litefs/internal/testutil"
 	"github.com/litefs-project/litefs/ltx"
+	"golang.org/x/sys/unix"
 )
 
 // runLagBench measures how long a commit on the primary takes to become
@@ -31,29 +34,80 @@ func runLagBench(h *harness, n int) {
 	fmt.Printf("  p50 %s  p90 %s  p99 %s  max %s   (target p50 < 300µs: %s, p99 < 1ms: %s)\n",
 		percentile(lags, 50), percentile(lags, 90), percentile(lags, 99), percentile(lags, 100),
 		verdict(percentile(lags, 50) < 300*time.Microsecond), verdict(percentile(lags, 99) < time.Millisecond))
-
 	fmt.Printf("  CPU of an idle stream: primary %dms, replica %dms in %s (counted in 10ms ticks)\n",
 		idleP.Milliseconds(), idleR.Milliseconds(), idleWindow)
 
-	// A burst with nobody reading: how fast the primary commits with a
-	// replica following, and how far behind the replica is when it ends.
-	pcpu, rcpu = cpuTime(primary.PID()), cpuTime(replica.PID())
-	rate, behind, catchUp := measureBurst(h, primary, replica, "burst.db", loadDuration)
-	commits := rate * loadDuration.Seconds()
-	fmt.Printf("  burst, replica following: primary %.0f tx/s; replica %d tx behind at the last commit, in sync %s later\n",
-		rate, behind, catchUp.Round(time.Microsecond))
-	fmt.Printf("  CPU per commit during the burst: primary %.0fµs, replica %.0fµs\n",
-		float64((cpuTime(primary.PID())-pcpu).Microseconds())/commits, float64((cpuTime(replica.PID())-rcpu).Microseconds())/commits)
-
-	// The same burst with a reader polling the replica: the lag of every
-	// commit while the stream is busy (changesets go in batches).
-	load := measureLoadedLag(h, primary, replica, "loaded.db", loadDuration)
-	fmt.Printf("  under load (writer at full speed, reader polling the replica): primary %.0f tx/s, replica showed %.0f tx/s\n",
-		load.primaryRate, load.replicaRate)
-	fmt.Printf("  lag under load: p50 %s  p90 %s  p99 %s  max %s\n",
-		percentile(load.lags, 50), percentile(load.lags, 90), percentile(load.lags, 99), percentile(load.lags, 100))
+	// Then a writer at full speed, first on CPUs shared by everything,
+	// then with each side on a CPU of its own, as on two machines: on
+	// shared CPUs a replica that keeps up takes CPU from the primary's
+	// writer, apart the primary's rate is what the stream costs it.
+	loaded(h, primary, replica, "shared CPUs", nil)
+	if cpus, ok := splitCPUs(); ok {
+		pinProcess(h, primary.PID(), cpus[0])
+		pinProcess(h, replica.PID(), cpus[1])
+		loaded(h, primary, replica, fmt.Sprintf("primary and writer on CPU %d, replica and reader on CPU %d (taskset)", cpus[0], cpus[1]), &cpus)
+	}
 	replica.Stop(h)
 	primary.Stop(h)
+}
+
+// loaded runs the loaded phases of the lag benchmark, the writer (and the
+// reader) on cpus if set.
+func loaded(h *harness, primary, replica *testutil.Node, how string, cpus *[2]int) {
+	tag := strings.NewReplacer(" ", "-", ",", "", "(", "", ")", "").Replace(how)
+	fmt.Printf("  writer at full speed, %s:\n", how)
+	// A burst with nobody reading: how fast the primary commits with a
+	// replica following, and how far behind the replica is when it ends.
+	pcpu, rcpu := cpuTime(primary.PID()), cpuTime(replica.PID())
+	rate, behind, catchUp := measureBurst(h, primary, replica, "burst-"+tag+".db", loadDuration, cpus)
+	commits := rate * loadDuration.Seconds()
+	fmt.Printf("    nobody reading: primary %.0f tx/s; replica %d tx behind at the last commit, in sync %s later\n",
+		rate, behind, catchUp.Round(time.Microsecond))
+	fmt.Printf("    CPU per commit: primary %.0fµs, replica %.0fµs\n",
+		float64((cpuTime(primary.PID())-pcpu).Microseconds())/commits, float64((cpuTime(replica.PID())-rcpu).Microseconds())/commits)
+	// The same with a reader polling the replica: the lag of every commit
+	// while the stream is busy (changesets go in batches).
+	load := measureLoadedLag(h, primary, replica, "loaded-"+tag+".db", loadDuration, cpus)
+	fmt.Printf("    a reader polling the replica: primary %.0f tx/s, replica showed %.0f tx/s\n", load.primaryRate, load.replicaRate)
+	fmt.Printf("    lag: p50 %s  p90 %s  p99 %s  max %s\n",
+		percentile(load.lags, 50), percentile(load.lags, 90), percentile(load.lags, 99), percentile(load.lags, 100))
+}
+
+// splitCPUs returns two CPUs to run the two sides of a loaded phase on,
+// when the machine has two and taskset is installed.
+func splitCPUs() ([2]int, bool) {
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &set); err != nil || set.Count() < 2 {
+		return [2]int{}, false
+	}
+	if _, err := exec.LookPath("taskset"); err != nil {
+		return [2]int{}, false
+	}
+	var cpus []int
+	for cpu := 0; len(cpus) < 2; cpu++ {
+		if set.IsSet(cpu) {
+			cpus = append(cpus, cpu)
+		}
+	}
+	return [2]int{cpus[0], cpus[1]}, true
+}
+
+// pinProcess moves every thread of a process to one CPU (the threads it
+// starts later inherit it). The node keeps it until it stops.
+func pinProcess(h *harness, pid, cpu int) {
+	if out, err := exec.Command("taskset", "-a", "-p", "-c", strconv.Itoa(cpu), strconv.Itoa(pid)).CombinedOutput(); err != nil {
+		h.Fatalf("taskset %d: %v: %s", pid, err, out)
+	}
+}
+
+// pinThread locks the calling goroutine to its thread and the thread to
+// one CPU. The goroutine must end without unlocking, so that the thread
+// ends with it rather than running others on that CPU.
+func pinThread(cpu int) error {
+	runtime.LockOSThread()
+	var set unix.CPUSet
+	set.Set(cpu)
+	return unix.SchedSetaffinity(0, &set)
 }
 
 // loadDuration is how long each loaded phase of the lag benchmark writes,
@@ -64,15 +118,25 @@ const (
 )
 
 // measureBurst commits single-row transactions on the primary as fast as
-// one writer can for d, with nobody reading the replica, and returns the
-// primary's rate, how many transactions the replica lacked when the last
-// commit returned, and how long after that it had them all.
-func measureBurst(h *harness, primary, replica *testutil.Node, db string, d time.Duration) (float64, ltx.TXID, time.Duration) {
+// one writer can for d (on the first of cpus, if set), with nobody reading
+// the replica, and returns the primary's rate, how many transactions the
+// replica lacked when the last commit returned, and how long after that
+// it had them all.
+func measureBurst(h *harness, primary, replica *testutil.Node, db string, d time.Duration, cpus *[2]int) (float64, ltx.TXID, time.Duration) {
 	w := openDB(h, primary.Path(db), "WAL", "NORMAL")
 	defer w.Close()
 	mustExec(h, w, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
 	replica.WaitPos(h, db, primary.Pos(h, db), time.Minute)
-	rate := writeLoad(h, primary.Path(db), d, nil)
+	rates := make(chan float64, 1)
+	go func() {
+		if cpus != nil {
+			if err := pinThread(cpus[0]); err != nil {
+				h.Fatal(err)
+			}
+		}
+		rates <- writeLoad(h, primary.Path(db), d, nil)
+	}()
+	rate := <-rates
 	end := time.Now()
 	want := primary.Pos(h, db)
 	got := readPos(h, replica, db)
@@ -113,8 +177,9 @@ type loadedLag struct {
 // measureLoadedLag commits single-row transactions on the primary as fast
 // as one writer can for d while a reader on the replica queries the newest
 // row in a loop, and times each commit from its return on the primary to
-// the first query on the replica that sees it.
-func measureLoadedLag(h *harness, primary, replica *testutil.Node, db string, d time.Duration) loadedLag {
+// the first query on the replica that sees it. With cpus set, the writer
+// runs on the first and the reader on the second.
+func measureLoadedLag(h *harness, primary, replica *testutil.Node, db string, d time.Duration, cpus *[2]int) loadedLag {
 	w := openDB(h, primary.Path(db), "WAL", "NORMAL")
 	defer w.Close()
 	mustExec(h, w, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
@@ -132,17 +197,20 @@ func measureLoadedLag(h *harness, primary, replica *testutil.Node, db string, d 
 	}
 	defer latest.Close()
 
-	// committed[i] is when the commit of row i+1 returned.
-	var mu sync.Mutex
-	var committed []time.Time
-	var last atomic.Int64 // the last row committed, once the writer is done
-	werr := make(chan error, 1)
+	var (
+		mu        sync.Mutex
+		committed []time.Time  // committed[i] is when the commit of row i+1 returned
+		last      atomic.Int64 // the last row committed, once the writer is done
+	)
 	go func() {
-		start := time.Now()
-		for time.Since(start) < d {
+		if cpus != nil {
+			if err := pinThread(cpus[0]); err != nil {
+				h.Fatal(err)
+			}
+		}
+		for start := time.Now(); time.Since(start) < d; {
 			if _, err := insert.Exec(); err != nil {
-				werr <- err
-				return
+				h.Fatal(err)
 			}
 			t := time.Now()
 			mu.Lock()
@@ -152,59 +220,59 @@ func measureLoadedLag(h *harness, primary, replica *testutil.Node, db string, d 
 		mu.Lock()
 		last.Store(int64(len(committed)))
 		mu.Unlock()
-		werr <- nil
 	}()
 
-	var lags []time.Duration
-	var seen, firstRow int64
-	var firstSeen time.Time
-	lastSeen := time.Now()
-	for {
-		var got int64
-		if err := latest.QueryRow().Scan(&got); err != nil {
-			h.Fatal(err)
-		}
-		now := time.Now()
-		if got > seen {
-			mu.Lock()
-			for id := seen + 1; id <= got; id++ {
-				// A row can be visible before its commit returned on the
-				// primary (the stream starts before SQLite is answered).
-				lag := time.Duration(0)
-				if int(id) <= len(committed) {
-					lag = max(now.Sub(committed[id-1]), 0)
-				}
-				lags = append(lags, lag)
-			}
-			mu.Unlock()
-			if seen == 0 {
-				firstSeen, firstRow = now, got
-			}
-			seen, lastSeen = got, now
-		}
-		if n := last.Load(); n > 0 && seen >= n {
-			break
-		}
-		select {
-		case err := <-werr:
-			if err != nil {
+	// The reader runs in a goroutine of its own, so that it can be pinned.
+	res := make(chan loadedLag, 1)
+	go func() {
+		if cpus != nil {
+			if err := pinThread(cpus[1]); err != nil {
 				h.Fatal(err)
 			}
-			werr = nil // done: keep reading until the replica has it all
-		default:
 		}
-		if now.Sub(lastSeen) > 10*time.Second {
-			h.Fatalf("the replica stopped at row %d", seen)
+		var out loadedLag
+		var seen, firstRow int64
+		var firstSeen time.Time
+		lastSeen := time.Now()
+		for {
+			var got int64
+			if err := latest.QueryRow().Scan(&got); err != nil {
+				h.Fatal(err)
+			}
+			now := time.Now()
+			if got > seen {
+				mu.Lock()
+				for id := seen + 1; id <= got; id++ {
+					// A row can be visible before its commit returned on
+					// the primary (the stream starts before SQLite is
+					// answered).
+					lag := time.Duration(0)
+					if int(id) <= len(committed) {
+						lag = max(now.Sub(committed[id-1]), 0)
+					}
+					out.lags = append(out.lags, lag)
+				}
+				mu.Unlock()
+				if seen == 0 {
+					firstSeen, firstRow = now, got
+				}
+				seen, lastSeen = got, now
+			}
+			if n := last.Load(); n > 0 && seen >= n {
+				break
+			}
+			if now.Sub(lastSeen) > 10*time.Second {
+				h.Fatalf("the replica stopped at row %d", seen)
+			}
 		}
-	}
+		out.replicaRate = float64(seen-firstRow) / lastSeen.Sub(firstSeen).Seconds()
+		res <- out
+	}()
+	out := <-res
 	mu.Lock()
-	n, first, end := len(committed), committed[0], committed[len(committed)-1]
+	out.primaryRate = float64(len(committed)) / committed[len(committed)-1].Sub(committed[0]).Seconds()
 	mu.Unlock()
-	return loadedLag{
-		primaryRate: float64(n) / end.Sub(first).Seconds(),
-		replicaRate: float64(seen-firstRow) / lastSeen.Sub(firstSeen).Seconds(),
-		lags:        lags,
-	}
+	return out
 }
 
 // startPair starts a primary and a replica with the static lease, with the
