@@ -30,7 +30,8 @@ func main() {
 	leaseLockDelay := flag.Duration("lease-lock-delay", time.Second, "lease.consul.lock-delay for the lease benchmark")
 	faultRuns := flag.Int("fault-runs", 3, "faults of each kind measured")
 	lagCommits := flag.Int("lag-commits", 1000, "commits measured for replication lag")
-	snapshotMiB := flag.Int64("snapshot-mib", 1024, "size of the database a new replica copies, in MiB")
+	snapshotMiB := flag.String("snapshot-mib", "256,1024", "sizes of the database a new replica copies, in MiB, comma-separated")
+	snapshotRuns := flag.Int("snapshot-runs", 3, "new replicas measured at each snapshot size")
 	importMiB := flag.Int64("import-mib", 1024, "size of the database imported and exported, in MiB")
 	workdir := flag.String("dir", "", "directory for data (default: a temporary directory)")
 	flag.Parse()
@@ -53,7 +54,7 @@ func main() {
 		case "tls":
 			runTLSBench(h, *lagCommits, *duration)
 		case "snapshot":
-			runSnapshotBench(h, *snapshotMiB<<20)
+			runSnapshotBench(h, parseMiB(h, "-snapshot-mib", *snapshotMiB), *snapshotRuns)
 		case "importexport":
 			runImportExportBench(h, *importMiB<<20, 3)
 		case "halt":

@@ -328,68 +328,6 @@ func measureLag(h *harness, primary, replica *testutil.Node, db string, n int) [
 	return lags
 }
 
-// runSnapshotBench builds a database of size bytes on a primary, measures
-// its idle write rate, then starts a new replica and measures how long the
-// replica takes to get in sync while a writer keeps committing on the
-// primary, the writer's rate meanwhile, and both processes' peak memory.
-func runSnapshotBench(h *harness, size int64) {
-	primary := testutil.StartNode(h, testutil.NodeConfig{Name: "primary", Production: true})
-	db := openDB(h, primary.Path("big.db"), "WAL", "NORMAL")
-	mustExec(h, db, "CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")
-	const row = 1 << 20
-	built := time.Now()
-	for i := int64(0); i < size/row; i++ {
-		// Half random, half compressible: neither best nor worst case.
-		mustExec(h, db, "INSERT INTO t (v) VALUES (randomblob(524288) || zeroblob(524288))")
-	}
-	mustExec(h, db, "PRAGMA wal_checkpoint(TRUNCATE)")
-	db.Close()
-	// Let the kernel write the new database out before measuring.
-	exec.Command("sync").Run()
-	fmt.Printf("new replica of a %d MiB database (built in %s):\n", size>>20, time.Since(built).Round(time.Second))
-
-	idle := writeLoad(h, primary.Path("load.db"), 3*time.Second, nil)
-	fmt.Printf("  primary write rate while idle:          %8.0f tx/s\n", idle)
-	{
-		// For reference: the cost of a replica that only follows, on the
-		// same machine (its CPU is taken from the primary's writer).
-		rep := testutil.StartReplica(h, primary, testutil.NodeConfig{Name: "follower", Production: true})
-		rep.WaitLog(h, "caught up with the primary", time.Minute)
-		following := writeLoad(h, primary.Path("load.db"), 3*time.Second, nil)
-		fmt.Printf("  ... with a replica following:           %8.0f tx/s  (ratio %.2f, no target)\n", following, following/idle)
-		rep.Stop(h)
-	}
-
-	var done atomic.Bool
-	rateCh := make(chan float64, 1)
-	go func() { rateCh <- writeLoad(h, primary.Path("load.db"), time.Hour, &done) }()
-	time.Sleep(200 * time.Millisecond)
-	start := time.Now()
-	primaryCPU := cpuTime(primary.PID())
-	selfCPU := cpuTime(os.Getpid())
-	replica := testutil.StartReplica(h, primary, testutil.NodeConfig{Name: "replica", Production: true})
-	replica.WaitLog(h, "caught up with the primary", 10*time.Minute)
-	took := time.Since(start)
-	fmt.Printf("  CPU used during the transfer: primary %.2fs, replica %.2fs, writer %.2fs\n",
-		(cpuTime(primary.PID()) - primaryCPU).Seconds(), cpuTime(replica.PID()).Seconds(), (cpuTime(os.Getpid()) - selfCPU).Seconds())
-	primaryRSS, replicaRSS := peakRSS(primary.PID()), peakRSS(replica.PID())
-	done.Store(true)
-	during := <-rateCh
-
-	fmt.Printf("  primary write rate during the transfer: %8.0f tx/s  (ratio %.2f, target >= 0.8: %s)\n", during, during/idle, verdict(during/idle >= 0.8))
-	fmt.Printf("  replica in sync after                   %8.2f s     (target < 15 s: %s)\n", took.Seconds(), verdict(took < 15*time.Second))
-	fmt.Printf("  peak resident memory: primary %.1f MiB, replica %.1f MiB (target < 100 MiB: %s)\n",
-		float64(primaryRSS)/(1<<20), float64(replicaRSS)/(1<<20), verdict(max(primaryRSS, replicaRSS) < 100<<20))
-
-	// Start-up of the primary with the database: it checksums all of it.
-	primary.Stop(h)
-	replica.Stop(h)
-	restart := time.Now()
-	primary.Start(h)
-	fmt.Printf("  start-up of the primary with it:        %8.2f s     (target < 2 s: %s)\n", time.Since(restart).Seconds(), verdict(time.Since(restart) < 2*time.Second))
-	primary.Stop(h)
-}
-
 // writeLoad commits one row per transaction into path until d passes or
 // done is set, and returns the rate.
 func writeLoad(h *harness, path string, d time.Duration, done *atomic.Bool) float64 {
