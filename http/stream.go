@@ -287,9 +287,12 @@ func (st *stream) sendSnapshot(db *store.DB, have ltx.Pos, known bool) error {
 		return err
 	}
 	// Encoding and sending a snapshot is bulk work: it runs at a lower CPU
-	// priority so that the node's writers come first.
+	// priority so that the node's writers come first, and in short turns
+	// so that they do not wait for it either.
 	var n int64
 	err = lowprio.Run(func() (err error) {
+		var p lowprio.Pacer
+		snap.SetPace(p.Pace)
 		n, err = snap.WriteTo(st.fw.PayloadWriter())
 		return err
 	})

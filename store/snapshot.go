@@ -17,9 +17,11 @@ import (
 // file). Writes that would overwrite bytes the view still needs first save
 // those pages aside; pages are read in ascending order and stop needing
 // protection once read. Writers only ever wait for the short moments in
-// which a batch of pages is read.
+// which a batch's sources are looked up: the reads themselves happen
+// without the database's lock (see readView).
 
-// snapshotBatch is the number of pages read per hold of DB.mu.
+// snapshotBatch is the number of pages read per batch: under db.mu the
+// batch's sources are looked up, then read without it.
 const snapshotBatch = 64
 
 // stageMemory bounds the memory a view uses for saved pages; beyond it
@@ -35,7 +37,16 @@ type view struct {
 	walPages  map[uint32]int64 // pgno -> WAL frame offset at the view's position
 	walFrames map[int64]uint32 // the reverse, to recognise overwritten frames
 	saved     *pageStage       // pages writers overwrote before they were read
-	runBuf    []byte           // scratch for reading runs of pages
+
+	// Scratch for readView.
+	fileRuns [][2]uint32
+	walOffs  []walRead
+}
+
+// walRead is a page a view reads from a WAL frame.
+type walRead struct {
+	pgno uint32
+	off  int64
 }
 
 // needs reports whether the view still needs pgno from its source.
@@ -45,8 +56,9 @@ func (v *view) needs(pgno uint32) bool {
 
 // Snapshot is a pinned view of a database being read out.
 type Snapshot struct {
-	db *DB
-	v  *view
+	db   *DB
+	v    *view
+	pace func() // called every few pages; nil for none
 }
 
 // ErrEmpty is returned when a snapshot of a database with no committed
@@ -72,7 +84,6 @@ func (db *DB) OpenSnapshot() (*Snapshot, error) {
 		walPages:  maps.Clone(db.walState.pages),
 		walFrames: make(map[int64]uint32, len(db.walState.pages)),
 		saved:     newPageStage(db.dir, db.chk.pageSize, stageMemory),
-		runBuf:    make([]byte, snapshotBatch*int(db.chk.pageSize)),
 	}
 	for pgno, off := range v.walPages {
 		v.walFrames[off] = pgno
@@ -140,30 +151,34 @@ func (s *Snapshot) WriteTo(w io.Writer) (int64, error) {
 }
 
 // eachPage calls fn with every page of the snapshot in order, the lock
-// page (never used by SQLite) as zeros.
+// page (never used by SQLite) as zeros, and the pacing function, if any,
+// after each.
 func (s *Snapshot) eachPage(fn func(pgno uint32, data []byte) error) error {
 	v := s.v
-	bufs := make([][]byte, snapshotBatch)
-	for i := range bufs {
-		bufs[i] = make([]byte, v.pageSize)
-	}
-	lockPgno := sqlite.LockPgno(v.pageSize)
+	ps := int(v.pageSize)
+	batch := make([]byte, snapshotBatch*ps)
 	for first := uint32(1); first <= v.commit; first += snapshotBatch {
 		last := min(first+snapshotBatch-1, v.commit)
-		if err := s.db.readView(v, first, last, bufs); err != nil {
+		buf := batch[:int(last-first+1)*ps]
+		if err := s.db.readView(v, first, last, buf); err != nil {
 			return err
 		}
 		for pgno := first; pgno <= last; pgno++ {
-			if pgno == lockPgno {
-				clear(bufs[pgno-first])
-			}
-			if err := fn(pgno, bufs[pgno-first]); err != nil {
+			if err := fn(pgno, buf[int(pgno-first)*ps:][:ps]); err != nil {
 				return err
+			}
+			if s.pace != nil {
+				s.pace()
 			}
 		}
 	}
 	return nil
 }
+
+// SetPace sets a function the snapshot calls after each page it reads
+// out (a few microseconds of work), from the reading goroutine. Bulk work
+// uses it to give way to other threads (see internal/lowprio).
+func (s *Snapshot) SetPace(fn func()) { s.pace = fn }
 
 // WriteDatabase writes the snapshot as a plain SQLite database file.
 func (s *Snapshot) WriteDatabase(w io.Writer) (int64, error) {
@@ -179,59 +194,107 @@ func (s *Snapshot) WriteDatabase(w io.Writer) (int64, error) {
 	return n, nil
 }
 
-// readView reads pages [first, last] of a view into bufs and marks them read.
-func (db *DB) readView(v *view, first, last uint32, bufs [][]byte) error {
+// viewReadAt reads pages for a view, without db.mu; tests replace it to
+// act while a read is under way.
+var viewReadAt = func(f io.ReaderAt, buf []byte, off int64) error { return readFullAt(f, buf, off) }
+
+// readView reads pages [first, last] of a view into buf (one page after
+// the other) and marks them read.
+//
+// The reads themselves happen without db.mu, so that a commit never waits
+// for a snapshot's disk reads (or for a snapshot thread the kernel has
+// put aside for higher-priority work while it held the lock). That is
+// safe because of how writers treat a view: until v.next moves past a
+// page, any write that would overwrite the bytes the view reads it from
+// first saves them into the view's stage, under db.mu. So, once the
+// reads are done, a page not in the stage was not overwritten while it
+// was read, and a page in the stage has its view content there.
+func (db *DB) readView(v *view, first, last uint32, buf []byte) error {
+	ps := int64(v.pageSize)
+	page := func(pgno uint32) []byte { return buf[int64(pgno-first)*ps:][:ps] }
+	lockPgno := sqlite.LockPgno(v.pageSize)
+
+	// Under db.mu: where each page is read from. Staged pages are copied
+	// now; they stay staged until the end, so that writers do not save
+	// them again in the meantime.
+	db.mu.Lock()
+	if db.closed {
+		db.mu.Unlock()
+		return ErrNotExist
+	}
+	dbFile, wal := db.dbFile, db.wal
+	v.walOffs = v.walOffs[:0]
+	fileRuns := v.fileRuns[:0] // [start, end) page ranges read from the database file
+	for pgno := first; pgno <= last; pgno++ {
+		if pgno == lockPgno {
+			clear(page(pgno))
+			continue
+		}
+		if ok, err := v.saved.Get(pgno, page(pgno)); err != nil {
+			db.mu.Unlock()
+			return err
+		} else if ok {
+			continue
+		}
+		if off, ok := v.walPages[pgno]; ok {
+			v.walOffs = append(v.walOffs, walRead{pgno, off})
+			continue
+		}
+		if n := len(fileRuns); n > 0 && fileRuns[n-1][1] == pgno {
+			fileRuns[n-1][1]++
+		} else {
+			fileRuns = append(fileRuns, [2]uint32{pgno, pgno + 1})
+		}
+	}
+	v.fileRuns = fileRuns
+	db.mu.Unlock()
+
+	// Without db.mu: one read per run of consecutive pages in the
+	// database file, one per WAL frame. A failed read (the file was
+	// replaced or truncated meanwhile) only matters if the pages it was
+	// for were not saved in the meantime.
+	var failed [][2]uint32
+	var readErr error
+	for _, r := range fileRuns {
+		dst := buf[int64(r[0]-first)*ps : int64(r[1]-first)*ps]
+		if err := viewReadAt(dbFile, dst, int64(r[0]-1)*ps); err != nil {
+			failed, readErr = append(failed, r), err
+		}
+	}
+	for _, w := range v.walOffs {
+		if err := viewReadAt(wal, page(w.pgno), w.off+sqlite.WALFrameHeaderSize); err != nil {
+			failed, readErr = append(failed, [2]uint32{w.pgno, w.pgno + 1}), err
+		}
+	}
+
+	// Under db.mu again: pages saved while they were read come from the
+	// stage instead, and the batch is done.
 	db.mu.Lock()
 	defer db.mu.Unlock()
 	if db.closed {
 		return ErrNotExist
 	}
-	// Pages still in the database file are read with one call per run of
-	// consecutive pages; saved pages and WAL frames one by one.
-	lockPgno := sqlite.LockPgno(v.pageSize)
-	runStart := uint32(0) // first page of the pending run, 0 if none
-	flush := func(end uint32) error {
-		if runStart == 0 {
-			return nil
+	for _, r := range fileRuns {
+		for pgno := r[0]; pgno < r[1]; pgno++ {
+			if _, err := v.saved.Get(pgno, page(pgno)); err != nil {
+				return err
+			}
 		}
-		n := int(end - runStart)
-		run := v.runBuf[:n*int(v.pageSize)]
-		if err := readFullAt(db.dbFile, run, int64(runStart-1)*int64(v.pageSize)); err != nil {
-			return err
-		}
-		for i := 0; i < n; i++ {
-			copy(bufs[runStart-first+uint32(i)], run[i*int(v.pageSize):])
-		}
-		runStart = 0
-		return nil
 	}
-	for pgno := first; pgno <= last; pgno++ {
-		buf := bufs[pgno-first]
-		fromFile := false
-		if pgno == lockPgno {
-			// never sent
-		} else if ok, err := v.saved.Get(pgno, buf); err != nil {
+	for _, w := range v.walOffs {
+		if _, err := v.saved.Get(w.pgno, page(w.pgno)); err != nil {
 			return err
-		} else if ok {
-			v.saved.Drop(pgno)
-		} else if off, ok := v.walPages[pgno]; ok {
-			if err := readFullAt(db.wal, buf, off+sqlite.WALFrameHeaderSize); err != nil {
-				return err
-			}
-		} else {
-			fromFile = true
-			if runStart == 0 {
-				runStart = pgno
-			}
 		}
-		if !fromFile {
-			if err := flush(pgno); err != nil {
-				return err
+	}
+	for _, r := range failed {
+		for pgno := r[0]; pgno < r[1]; pgno++ {
+			if !v.saved.Has(pgno) {
+				return fmt.Errorf("read page %d for a snapshot: %w", pgno, readErr)
 			}
 		}
 	}
-	if err := flush(last + 1); err != nil {
-		return err
+	for pgno := first; pgno <= last; pgno++ {
+		v.saved.Drop(pgno)
 	}
 	v.next = last + 1
 	return nil
