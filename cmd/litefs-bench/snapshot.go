@@ -24,10 +24,9 @@ import (
 // full speed, and records when each commit started and how long it took.
 // A new replica then joins; the transfer window is the time the primary
 // spends sending it the snapshot (from the primary's log), and the idle
-// window is a window of the same length just before the replica started
-// (its rest just after the replica's end, when the writer had not run that
-// long before). Both windows' rates and commit latencies come from the
-// same writer run, so nothing but the snapshot differs between them.
+// window is a window of the same length just before the replica started.
+// Both windows' rates and commit latencies come from the same writer run,
+// so nothing but the snapshot differs between them.
 //
 // With two or more CPUs the replica runs on CPU 1 and the primary and the
 // writer on CPU 0 (taskset), standing in for a replica on another machine.
@@ -173,19 +172,12 @@ type windowStats struct {
 	p50, p99, max time.Duration
 }
 
-// span is the time [from, to).
-type span struct{ from, to time.Time }
-
-// window summarises the commits that started in spans.
-func window(recs []commitRec, spans ...span) windowStats {
+// window summarises the commits that started in [from, to).
+func window(recs []commitRec, from, to time.Time) windowStats {
 	var lat []time.Duration
-	var length time.Duration
-	for _, s := range spans {
-		length += s.to.Sub(s.from)
-		for _, r := range recs {
-			if !r.start.Before(s.from) && r.start.Before(s.to) {
-				lat = append(lat, r.took)
-			}
+	for _, r := range recs {
+		if !r.start.Before(from) && r.start.Before(to) {
+			lat = append(lat, r.took)
 		}
 	}
 	if len(lat) == 0 {
@@ -194,7 +186,7 @@ func window(recs []commitRec, spans ...span) windowStats {
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	at := func(p float64) time.Duration { return lat[int(float64(len(lat)-1)*p)] }
 	return windowStats{
-		rate: float64(len(lat)) / length.Seconds(),
+		rate: float64(len(lat)) / to.Sub(from).Seconds(),
 		p50:  at(0.50),
 		p99:  at(0.99),
 		max:  lat[len(lat)-1],
@@ -205,7 +197,7 @@ func window(recs []commitRec, spans ...span) windowStats {
 type snapshotRun struct {
 	idle, transfer      windowStats
 	window              time.Duration // length of both windows
-	idleAfter           time.Duration // the part of the idle window after the replica's end
+	idleShort           bool          // the writer had not run a whole window before the replica started
 	inSync              time.Duration // replica start to caught up
 	primaryCPU, replCPU time.Duration // during the transfer window's run
 	writerCPU           time.Duration
@@ -270,8 +262,8 @@ func runSnapshotBench(h *harness, sizes []int64, runs int) {
 			prevWindow = r.window
 			all = append(all, r)
 			short := ""
-			if r.idleAfter > 0 {
-				short = fmt.Sprintf("  (idle window: %.2fs before the replica, %.2fs after it)", (r.window - r.idleAfter).Seconds(), r.idleAfter.Seconds())
+			if r.idleShort {
+				short = "  (idle window shorter: the writer ran less than a window before the replica)"
 			}
 			fmt.Printf("    %-3d %6.2fs  %9.0f %9.0f %5.2f  %8s %8s %8s %8s %5.2f  %6.2fs%s\n", i+1, r.window.Seconds(),
 				r.idle.rate, r.transfer.rate, r.rateRatio(), us(r.idle.p50), us(r.idle.p99),
@@ -329,31 +321,22 @@ func snapshotOnce(h *harness, primary *testutil.Node, bin string, pin bool, idle
 	r.writerCPU = cpuTime(w.cmd.Process.Pid) - wcpu
 	r.replCPU = cpuTime(replica.PID())
 	r.primaryRSS, r.replRSS = peakRSS(primary.PID()), peakRSS(replica.PID())
+	recs := w.stop(h)
+
 	from, to := snapshotTimes(h, primary.LogPath, logFrom, "big.db")
 	r.window = to.Sub(from)
+	idleTo := start
+	idleFrom := idleTo.Add(-r.window)
+	if idleFrom.Before(writerStart) {
+		idleFrom, r.idleShort = writerStart, true
+	}
+	r.idle = window(recs, idleFrom, idleTo)
+	r.transfer = window(recs, from, to)
 
 	replica.Stop(h)
 	os.RemoveAll(replica.Root)
-	// Let the replica's writes reach the disk before any idle time after
-	// it, and before the next run.
+	// Let the replica's writes reach the disk before the next run's idle window.
 	_ = exec.Command("sync").Run()
-
-	// The idle window is the window's length just before the replica
-	// started; if the writer had not run that long, the rest of it follows
-	// the replica's end.
-	idle := []span{{start.Add(-r.window), start}}
-	if idle[0].from.Before(writerStart) {
-		idle[0].from = writerStart
-	}
-	if missing := r.window - start.Sub(idle[0].from); missing > 0 {
-		after := time.Now()
-		time.Sleep(missing)
-		idle = append(idle, span{after, after.Add(missing)})
-		r.idleAfter = missing
-	}
-	recs := w.stop(h)
-	r.idle = window(recs, idle...)
-	r.transfer = window(recs, span{from, to})
 	return r
 }
 
