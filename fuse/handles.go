@@ -199,10 +199,10 @@ func (s *Server) fsync(r *bfuse.FsyncRequest) {
 		return
 	}
 	if n := h.node; n.db != nil {
-		// On a replica under the HALT lock an fsync may wait for the
-		// primary (a store.Pending).
-		s.respond(r, "fsync", n.name, n.db.Sync(n.kind))
-		return
+		if err := n.db.Sync(n.kind); err != nil {
+			s.fail(r, "fsync", n.name, err)
+			return
+		}
 	}
 	r.Respond()
 }

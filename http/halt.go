@@ -22,11 +22,7 @@ import (
 //	    it closes (the replica died), the primary ends the grant at once.
 //	POST /halt/keepalive {name, id, epoch}   every third of the TTL
 //	POST /halt/commit?name=&epoch=            an LTX file committed locally,
-//	    with the lock ID in the Litefs-Halt-Id header, and in
-//	    Litefs-Halt-Sync whether the application asked for a durable
-//	    commit ("1", the default) or not ("0")
-//	POST /halt/commits?name=&epoch=           the same commits, and requests
-//	    to make them durable, over one upgraded connection (haltchan.go)
+//	    with the lock ID in the Litefs-Halt-Id header
 //	POST /halt/release {name, id, epoch}
 //
 // Every request names the epoch of the term it is for; the primary refuses
@@ -40,13 +36,6 @@ import (
 // HaltIDHeader carries the lock ID of a forwarded commit: a header rather
 // than the URL, which logs and proxies record.
 const HaltIDHeader = "Litefs-Halt-Id"
-
-// HaltSyncHeader says whether a forwarded commit must be durable on the
-// primary before it is acknowledged: "1" when SQLite on the replica
-// fsynced the transaction (synchronous=FULL, or a rollback journal), "0"
-// when it did not (WAL with synchronous=NORMAL). Without it a commit is
-// made durable.
-const HaltSyncHeader = "Litefs-Halt-Sync"
 
 // HaltRequest asks the primary for the HALT lock (POST /halt).
 type HaltRequest struct {
@@ -78,7 +67,6 @@ func (s *Server) registerHalt() {
 	s.mux.HandleFunc("POST /halt/keepalive", s.handleHaltRef(func(t *store.Term, r HaltRef) error { return t.KeepHalt(r.Epoch, r.Name, r.ID) }))
 	s.mux.HandleFunc("POST /halt/release", s.handleHaltRef(func(t *store.Term, r HaltRef) error { return t.ReleaseHalt(r.Epoch, r.Name, r.ID) }))
 	s.mux.HandleFunc("POST /halt/commit", s.handleHaltCommit)
-	s.mux.HandleFunc("POST /halt/commits", s.handleHaltCommits)
 }
 
 // termStatus maps an error of the term and HALT protocol to an HTTP status.
@@ -102,8 +90,6 @@ func termStatus(err error) int {
 		return http.StatusUnprocessableEntity
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
 		return http.StatusRequestTimeout
-	case errors.Is(err, store.ErrOutcomeUnknown):
-		return http.StatusInternalServerError
 	}
 	return http.StatusBadRequest
 }
@@ -211,15 +197,6 @@ func (s *Server) handleHaltCommit(w http.ResponseWriter, r *http.Request) {
 		refuse(http.StatusBadRequest, "invalid halt commit: %s: %v", HaltIDHeader, err)
 		return
 	}
-	sync := true
-	switch v := r.Header.Get(HaltSyncHeader); v {
-	case "", "1":
-	case "0":
-		sync = false
-	default:
-		refuse(http.StatusBadRequest, "invalid halt commit: %s: %q, want 0 or 1", HaltSyncHeader, v)
-		return
-	}
 	if r.ContentLength < 0 {
 		refuse(http.StatusLengthRequired, "invalid halt commit: a changeset must declare its Content-Length")
 		return
@@ -239,7 +216,7 @@ func (s *Server) handleHaltCommit(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "read changeset: %v", err)
 		return
 	}
-	pos, err := term.CommitHalted(r.Context(), epoch, name, id, sp, sp.size, sync)
+	pos, err := term.CommitHalted(r.Context(), epoch, name, id, sp, sp.size)
 	if err != nil {
 		writeError(w, termStatus(err), "%v", err)
 		return

@@ -45,13 +45,6 @@ func newHaltPair(t *testing.T) *haltPair {
 // opts (its epoch is 3).
 func newHaltPairOpts(t *testing.T, opts store.TermOptions) *haltPair {
 	t.Helper()
-	return newHaltPairWith(t, opts, nil)
-}
-
-// newHaltPairWith is newHaltPairOpts with the primary's API behind wrap,
-// if set.
-func newHaltPairWith(t *testing.T, opts store.TermOptions, wrap func(http.Handler) http.Handler) *haltPair {
-	t.Helper()
 	open := func() *store.Store {
 		st, err := store.Open(store.Options{Dir: t.TempDir(), Logger: quietLogger()})
 		if err != nil {
@@ -70,10 +63,7 @@ func newHaltPairWith(t *testing.T, opts store.TermOptions, wrap func(http.Handle
 		t.Fatal(err)
 	}
 	p.term = term
-	var srv http.Handler = NewServer(context.Background(), p.primary, ServerOptions{Logger: quietLogger()})
-	if wrap != nil {
-		srv = wrap(srv)
-	}
+	srv := NewServer(context.Background(), p.primary, ServerOptions{Logger: quietLogger()})
 	p.srv = httptest.NewServer(srv)
 	t.Cleanup(func() {
 		term.End(context.Background())
@@ -152,7 +142,7 @@ func TestHaltClientLosesLockWithTerm(t *testing.T) {
 	if !strings.Contains(err.Error(), "epoch 3") {
 		t.Fatalf("lost because %v; want the term named", err)
 	}
-	if err := h.Commit(context.Background(), []byte("ltx"), true); err == nil {
+	if err := h.Commit(context.Background(), []byte("ltx")); err == nil {
 		t.Fatal("a commit under a lost lock succeeded")
 	}
 }
@@ -267,7 +257,7 @@ func TestHaltCommitRefusedBeforeBody(t *testing.T) {
 	}
 	// The holder's own commit of a changeset that does not fit is still
 	// heard and refused on its merits.
-	if err := h.Commit(context.Background(), bytes.Repeat([]byte{1}, 10), true); err == nil || !errors.Is(err, store.ErrCommitRefused) {
+	if err := h.Commit(context.Background(), bytes.Repeat([]byte{1}, 10)); err == nil || !errors.Is(err, store.ErrCommitRefused) {
 		t.Fatalf("commit of a bad changeset: %v", err)
 	}
 }

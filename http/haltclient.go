@@ -323,9 +323,8 @@ func (c *HaltClient) post(ctx context.Context, u string, body, out any) error {
 	return api.call(ctx, http.MethodPost, u, body, out)
 }
 
-// postChangeset sends a changeset committed under the lock ref; sync says
-// whether the primary must make it durable before it answers.
-func (c *HaltClient) postChangeset(ctx context.Context, base string, ref HaltRef, data []byte, sync bool) error {
+// postChangeset sends a changeset committed under the lock ref.
+func (c *HaltClient) postChangeset(ctx context.Context, base string, ref HaltRef, data []byte) error {
 	q := url.Values{"name": {ref.Name}, "epoch": {strconv.FormatUint(ref.Epoch, 10)}}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/halt/commit?"+q.Encode(), bytes.NewReader(data))
 	if err != nil {
@@ -333,11 +332,6 @@ func (c *HaltClient) postChangeset(ctx context.Context, base string, ref HaltRef
 	}
 	req.Header.Set("Content-Type", "application/octet-stream")
 	req.Header.Set(HaltIDHeader, ref.ID.String())
-	if sync {
-		req.Header.Set(HaltSyncHeader, "1")
-	} else {
-		req.Header.Set(HaltSyncHeader, "0")
-	}
 	api := APIClient{HTTP: c.client}
 	return api.do(req, nil)
 }
@@ -353,13 +347,8 @@ type remoteHalt struct {
 	mu       sync.Mutex
 	lost     error // set once the primary no longer holds the lock for us
 	released bool
-	stop     chan struct{}   // closed when the lock ends, stopping keepAlive
-	watched  chan struct{}   // closed when watch has read the grant's connection to its end
-	open     *haltChanClient // the commit channel, for end to close; under mu
-
-	chMu   sync.Mutex      // one request on the commit channel at a time
-	ch     *haltChanClient // the commit channel; nil until the first commit, or after a failure
-	legacy bool            // the primary has no commit channel: a request per commit
+	stop     chan struct{} // closed when the lock ends, stopping keepAlive
+	watched  chan struct{} // closed when watch has read the grant's connection to its end
 }
 
 // end marks the lock over and reports whether this call did it.
@@ -371,10 +360,6 @@ func (h *remoteHalt) end(lost error, released bool) bool {
 	}
 	h.lost, h.released = lost, released
 	close(h.stop)
-	if h.open != nil {
-		h.open.close() // a request in flight on it fails
-		h.open = nil
-	}
 	h.c.mu.Lock()
 	delete(h.c.halts, h)
 	h.c.mu.Unlock()
@@ -440,102 +425,12 @@ func (h *remoteHalt) keepAlive() {
 	}
 }
 
-// send carries out one request on the lock's commit channel, opening it
-// first if need be. It fails with errNoChannel, having learnt it, when
-// the primary has none.
-func (h *remoteHalt) send(ctx context.Context, kind byte, sync bool, n uint64, body []byte) error {
-	h.chMu.Lock()
-	defer h.chMu.Unlock()
-	if h.legacy {
-		return errNoChannel
-	}
-	if h.ch == nil {
-		ch, err := h.c.openHaltChannel(ctx, h.base, h.ref)
-		if errors.Is(err, errNoChannel) {
-			h.legacy = true
-		}
-		if err != nil {
-			return err
-		}
-		h.mu.Lock()
-		if h.lost != nil || h.released {
-			h.mu.Unlock()
-			ch.close()
-			return h.Lost()
-		}
-		h.ch, h.open = ch, ch
-		h.mu.Unlock()
-	}
-	err := h.ch.do(ctx, kind, sync, n, body)
-	h.doneLocked(err)
-	return err
-}
-
-// doneLocked ends the commit channel if its request failed: after a
-// failure, or a refusal (which may leave a body unread), the next request
-// opens a new channel. Caller holds chMu.
-func (h *remoteHalt) doneLocked(err error) {
-	if err == nil {
-		return
-	}
-	h.ch.close()
-	h.mu.Lock()
-	if h.open == h.ch {
-		h.open = nil
-	}
-	h.mu.Unlock()
-	h.ch = nil
-}
-
-// maxStart is the largest commit Start sends: one a socket's send buffer
-// takes at once, so that the caller never waits for the network.
-const maxStart = 8 << 10
-
-// Start implements store.HaltStarter: a small commit is written to the
-// commit channel at once, if the channel is open and idle, and wait reads
-// the answer.
-func (h *remoteHalt) Start(data []byte, durable bool) (func(context.Context) error, bool) {
-	if len(data) > maxStart || !h.chMu.TryLock() {
-		return nil, false
-	}
-	if h.ch == nil || h.Lost() != nil {
-		h.chMu.Unlock()
-		return nil, false
-	}
-	ch := h.ch
-	werr := ch.write(haltChanCommit, durable, uint64(len(data)), data)
-	var once sync.Once
-	return func(ctx context.Context) error {
-		err := errors.New("the answer to a commit was already read")
-		once.Do(func() {
-			defer h.chMu.Unlock()
-			if werr != nil {
-				err = ch.ioErr(ctx, werr)
-			} else {
-				err = ch.read(ctx)
-			}
-			h.doneLocked(err)
-			err = h.commitErr(err)
-		})
-		return err
-	}, true
-}
-
 // Commit sends a changeset to the primary.
-func (h *remoteHalt) Commit(ctx context.Context, data []byte, sync bool) error {
+func (h *remoteHalt) Commit(ctx context.Context, data []byte) error {
 	if err := h.Lost(); err != nil {
 		return err
 	}
-	err := h.send(ctx, haltChanCommit, sync, uint64(len(data)), data)
-	if errors.Is(err, errNoChannel) {
-		err = h.c.postChangeset(ctx, h.base, h.ref, data, sync)
-	}
-	return h.commitErr(err)
-}
-
-// commitErr says what the error of a commit means: the primary refused
-// it (store.ErrCommitRefused), or its outcome is unknown.
-func (h *remoteHalt) commitErr(err error) error {
+	err := h.c.postChangeset(ctx, h.base, h.ref, data)
 	if err == nil {
 		return nil
 	}
@@ -549,27 +444,6 @@ func (h *remoteHalt) commitErr(err error) error {
 		h.lose(fmt.Errorf("HALT lock on %s was lost: %s", h.ref.Name, se.Message))
 	}
 	return fmt.Errorf("%w (%s): %w", store.ErrCommitRefused, strings.TrimPrefix(h.base, "http://"), err)
-}
-
-// Sync asks the primary to make the commits up to txid durable. A lock
-// whose commits the primary cannot make durable is of no further use: it
-// is given up, so that nothing more is committed under it.
-func (h *remoteHalt) Sync(ctx context.Context, txid ltx.TXID) error {
-	if err := h.Lost(); err != nil {
-		return err
-	}
-	err := h.send(ctx, haltChanSync, true, uint64(txid), nil)
-	if errors.Is(err, errNoChannel) {
-		// A primary without commit channels makes every commit durable
-		// before it answers.
-		return nil
-	}
-	if err == nil {
-		return nil
-	}
-	err = fmt.Errorf("make commit %s durable on the primary %s: %w", txid, strings.TrimPrefix(h.base, "http://"), err)
-	h.lose(fmt.Errorf("HALT lock on %s given up: %w", h.ref.Name, err))
-	return err
 }
 
 // Release gives the lock back, in the background.

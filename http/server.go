@@ -76,18 +76,6 @@ type Server struct {
 	roles   roleHub // this node's role, for /events
 	metrics *metrics
 	guard   Guard
-
-	// channels counts HALT commit channels (haltchan.go): their
-	// connections left HTTP, so the http.Server no longer waits for them.
-	channels sync.WaitGroup
-}
-
-// Shutdown stops the server (listener.Shutdown) and waits for its HALT
-// commit channels, which end as soon as it begins.
-func (s *Server) Shutdown(ctx context.Context) error {
-	err := s.listener.Shutdown(ctx)
-	s.channels.Wait()
-	return err
 }
 
 // NewServer returns a server of st's API; call Listen, then Serve. Every

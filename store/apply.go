@@ -162,15 +162,8 @@ func (db *DB) alreadyHas(data io.ReaderAt, size int64) (ltx.Pos, bool) {
 	if err != nil {
 		return ltx.Pos{}, false
 	}
-	// Nothing of a changeset that is skipped is used, so its trailer
-	// naming this node's record (post-apply and file checksum) is enough:
-	// decoding it whole would cost as much as the commit that made it.
-	var tb [ltx.TrailerSize]byte
-	var trailer ltx.Trailer
-	if size < ltx.HeaderSize+ltx.TrailerSize {
-		return ltx.Pos{}, false
-	}
-	if _, err := data.ReadAt(tb[:], size-ltx.TrailerSize); err != nil || trailer.UnmarshalBinary(tb[:]) != nil || trailer != info.Trailer {
+	_, trailer, err := ltx.Verify(io.NewSectionReader(data, 0, size))
+	if err != nil || trailer.PostApplyChecksum != info.Pos().PostApplyChecksum {
 		return ltx.Pos{}, false
 	}
 	return cur, true

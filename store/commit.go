@@ -491,17 +491,8 @@ func (db *DB) commit(c change) error {
 		return runHook(c.onCommit)
 	}
 	if db.forwardingLocked() {
-		// A rollback-journal commit says whether SQLite made it durable;
-		// a WAL commit's fsync comes after it, so whether the primary must
-		// make it durable is predicted from the last one (pending.go).
-		wal := c.walSize > 0
-		sync := c.sync
-		if wal {
-			sync = db.fwd.predictSync()
-		}
-		p := &Pending{db: db, txid: pos.TXID, remote: db.halt.remote, sync: sync, wal: wal, publish: publish, done: make(chan struct{})}
+		p := &Pending{db: db, txid: pos.TXID, remote: db.halt.remote, publish: publish, done: make(chan struct{})}
 		db.pending = p
-		p.start()
 		return p
 	}
 	return publish()

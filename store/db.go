@@ -73,7 +73,6 @@ type DB struct {
 	halt          *localHalt    // the HALT lock taken through this mount
 	grant         *haltGrant    // the HALT lock granted to a replica, on the primary
 	pending       *Pending      // a commit waiting for the primary
-	fwd           forwardState  // how this node's forwarded commits are made durable
 	fwdMu         sync.Mutex    // guards fwdReader; taken after mu, if both
 	fwdReader     *ltx.Reader   // reads the changesets of pending commits
 	damaged       error         // set when an apply failed half way, until one succeeds
@@ -396,12 +395,7 @@ func (db *DB) Sync(kind FileKind) error {
 	case FileJournal:
 		return db.journal.Sync()
 	case FileWAL:
-		if err := db.wal.Sync(); err != nil {
-			return err
-		}
-		// Under the HALT lock, an fsync of the WAL after a commit asks for
-		// it to be durable on the primary too.
-		return db.forwardSyncLocked()
+		return db.wal.Sync()
 	}
 	return nil
 }

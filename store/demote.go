@@ -104,16 +104,6 @@ func (db *DB) settleLocked() error {
 	db.tx = rollbackTx{dirty: make(map[uint32]struct{})}
 
 	if n := len(db.walState.pages); n > 0 {
-		// As SQLite's checkpoint does: the WAL is durable before its pages
-		// overwrite the database file, so that a power failure midway
-		// leaves frames to finish from; and the log before the database
-		// file is fsynced, so that it is never behind it.
-		if err := db.wal.Sync(); err != nil {
-			return err
-		}
-		if err := db.log.Sync(); err != nil {
-			return err
-		}
 		buf := make([]byte, db.chk.pageSize)
 		for pgno := range db.walState.pages {
 			if err := db.readPage(pgno, buf); err != nil {

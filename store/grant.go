@@ -148,7 +148,6 @@ type haltGrant struct {
 	ended bool
 	why   error // why it ended, unless released
 	done  chan struct{}
-	wal   forwardWAL // the frames its commits wrote into the WAL; under mu
 }
 
 // GrantHalt gives the HALT lock on a database to a replica: it waits for
@@ -170,8 +169,14 @@ func (t *Term) GrantHalt(ctx context.Context, req HaltRequest) (HaltGrant, error
 	if db == nil {
 		return HaltGrant{}, fmt.Errorf("halt %s: %w", req.DB, ErrNotExist)
 	}
-	// The deadline runs from before the request counts as waiting, so
-	// that whoever sees it waiting knows its deadline is set.
+	if req.Wait {
+		if err := t.enqueue(db); err != nil {
+			return HaltGrant{}, fmt.Errorf("halt %s: %w", req.DB, err)
+		}
+		defer t.dequeue(db)
+	}
+	t.store.haltWaiting.Add(1)
+	defer t.store.haltWaiting.Add(-1)
 	ctx, cancel := t.bind(ctx)
 	defer cancel()
 	ctx, cancelWait := context.WithCancelCause(ctx)
@@ -182,14 +187,6 @@ func (t *Term) GrantHalt(ctx context.Context, req HaltRequest) (HaltGrant, error
 		deadline.Stop()
 		cancelWait(nil)
 	}()
-	if req.Wait {
-		if err := t.enqueue(db); err != nil {
-			return HaltGrant{}, fmt.Errorf("halt %s: %w", req.DB, err)
-		}
-		defer t.dequeue(db)
-	}
-	t.store.haltWaiting.Add(1)
-	defer t.store.haltWaiting.Add(-1)
 
 	owner := t.newOwner()
 	lock := rangelock.Lock{Owner: owner, Start: HaltByte, End: HaltByte, Type: rangelock.Write}
@@ -368,16 +365,6 @@ func (t *Term) CheckHaltCommit(epoch uint64, name string, id HaltID, size int64)
 	return nil
 }
 
-// HaltDone returns a channel closed when grant id on the named database
-// ends.
-func (t *Term) HaltDone(epoch uint64, name string, id HaltID) (<-chan struct{}, error) {
-	g, err := t.grant(epoch, name, id)
-	if err != nil {
-		return nil, err
-	}
-	return g.done, nil
-}
-
 // KeepHalt extends a grant by the TTL.
 func (t *Term) KeepHalt(epoch uint64, name string, id HaltID) error {
 	g, err := t.grant(epoch, name, id)
@@ -414,15 +401,11 @@ func (t *Term) DropHalt(id HaltID) {
 }
 
 // CommitHalted applies a changeset that the holder of grant id committed
-// on its node. It must continue the database exactly, and its pages must
-// be what SQLite accepts; it is checked whole before anything is written
-// (forward.go), and streams to every replica once applied. With sync set
-// (the holder's application asked for a durable commit) it is durable
-// before CommitHalted returns; without, it is as durable as SQLite's
-// synchronous=NORMAL makes a commit: a crash may lose it, never the
-// database's consistency. A commit that completes after the term began to
-// end is reported as failed: its outcome is unknown.
-func (t *Term) CommitHalted(ctx context.Context, epoch uint64, name string, id HaltID, data io.ReaderAt, size int64, sync bool) (ltx.Pos, error) {
+// on its node. It must continue the database exactly; it is verified
+// whole, written and made durable before CommitHalted returns, and then
+// streams to every replica. A commit that completes after the term began
+// to end is reported as failed: its outcome is unknown.
+func (t *Term) CommitHalted(ctx context.Context, epoch uint64, name string, id HaltID, data io.ReaderAt, size int64) (ltx.Pos, error) {
 	if err := t.enter(epoch); err != nil {
 		return ltx.Pos{}, err
 	}
@@ -449,61 +432,22 @@ func (t *Term) CommitHalted(ctx context.Context, epoch uint64, name string, id H
 	// The changeset must continue the database, and its pages must be
 	// what SQLite would accept (pagecheck.go): a holder can give any
 	// content correct checksums.
-	f, err := decodeForwarded(data, size)
-	if err != nil {
-		return refuse(fmt.Errorf("changeset for %s: %w", name, err))
+	if _, _, _, err := g.db.verifyChangeset(io.NewSectionReader(data, 0, size)); err != nil {
+		return refuse(err)
 	}
-	var pos ltx.Pos
-	if f == nil {
-		// Too large to hold in memory: checked and applied from the
-		// body, durably whatever the holder asked.
-		if _, _, _, err := g.db.verifyChangeset(io.NewSectionReader(data, 0, size)); err != nil {
-			return refuse(err)
-		}
-		if err := g.db.checkForwarded(data, size); err != nil {
-			return refuse(err)
-		}
-		pos, err = g.db.applyChangesetSync(ctx, data, size, g.hold.owner)
-	} else {
-		g.db.mu.Lock()
-		cerr := g.db.checkContinuesLocked(f)
-		g.db.mu.Unlock()
-		if cerr != nil {
-			return refuse(cerr)
-		}
-		if err := g.db.checkForwardedPages(f); err != nil {
-			return refuse(err)
-		}
-		pos, err = g.db.writeForwarded(ctx, f, data, size, g.hold.owner, sync, &g.wal)
+	if err := g.db.checkForwarded(data, size); err != nil {
+		return refuse(err)
 	}
+	pos, err := g.db.applyChangesetSync(ctx, data, size, g.hold.owner)
 	if err != nil {
-		return refuse(t.waitErr(ctx, err))
+		err = t.waitErr(ctx, err)
+		g.db.logger.Warn("changeset from the HALT holder refused", "peer", g.nodeID, "epoch", t.epoch, "err", err)
+		return pos, err
 	}
 	if t.isEnding() {
 		return pos, fmt.Errorf("%w while the changeset %s was applied; it may or may not survive the change of primary", t.endedErr(), pos.TXID)
 	}
 	return pos, nil
-}
-
-// SyncHalted makes the forwarded commits of grant id durable on this node,
-// up to txid: the holder asks after a commit sent without sync was
-// followed by an fsync on its node.
-func (t *Term) SyncHalted(ctx context.Context, epoch uint64, name string, id HaltID, txid ltx.TXID) error {
-	if err := t.enter(epoch); err != nil {
-		return err
-	}
-	defer t.leave()
-	g, err := t.grant(epoch, name, id)
-	if err != nil {
-		return err
-	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if err := g.heldLocked(); err != nil {
-		return err
-	}
-	defer g.resumeLocked()
-	return g.db.syncForwarded(txid)
 }
 
 // end ends the grant, for why, and lets local writers in again.

@@ -6,7 +6,6 @@ import (
 	"fmt"
 
 	"github.com/litefs-project/litefs/internal/rangelock"
-	"github.com/litefs-project/litefs/ltx"
 )
 
 // The HALT lock lets a replica write. A write lock on byte HaltByte of the
@@ -39,12 +38,8 @@ type Halter interface {
 // Halt is a HALT lock held from the primary.
 type Halt interface {
 	// Commit sends a changeset committed locally to the primary, which
-	// applies it before Commit returns, and makes it durable first if
-	// sync is set.
-	Commit(ctx context.Context, data []byte, sync bool) error
-	// Sync asks the primary to make the commits up to txid durable. If it
-	// fails the lock is lost: nothing more may be committed under it.
-	Sync(ctx context.Context, txid ltx.TXID) error
+	// applies it durably before Commit returns.
+	Commit(ctx context.Context, data []byte) error
 	// Release gives the lock back. It does not wait for the network; the
 	// Halter finishes the release in the background and waits for it when
 	// it is closed.
@@ -193,13 +188,6 @@ func (db *DB) lockHalt(ctx context.Context, req rangelock.Lock, wait bool) (bool
 					return false, nil
 				}
 				db.logger.Warn("HALT lock refused", "err", err)
-				return false, fmt.Errorf("halt %s: %w", db.name, err)
-			}
-		}
-		if h.remote != nil {
-			if err := db.settleDiverged(ctx); err != nil {
-				h.remote.Release()
-				db.unlockHaltByte(req.Owner)
 				return false, fmt.Errorf("halt %s: %w", db.name, err)
 			}
 		}

@@ -92,10 +92,6 @@ type pageChecker struct {
 	pages    []checkedPage     // every changed page but page 1
 	written  map[uint32]bool   // every changed page
 	btrees   map[uint32]string // changed pages' b-tree verdicts: "" valid, else why not
-
-	oldPage1 []byte // page 1 before the changeset; nil for a database without pages
-	page1    []byte // page 1 as the changeset writes it, if it does
-	prev     uint32 // the last page added
 }
 
 func corruptPage(pgno uint32, format string, args ...any) error {
@@ -132,37 +128,11 @@ func checkChangeset(r io.Reader, old oldContent) error {
 		return fmt.Errorf("%w: %v", ErrMismatch, err)
 	}
 	hdr := dec.Header()
-	c, err := newPageChecker(hdr, old)
-	if err != nil {
-		return err
-	}
-	buf := make([]byte, hdr.PageSize)
-	for {
-		var ph ltx.PageHeader
-		if err := dec.DecodePage(&ph, buf); errors.Is(err, io.EOF) {
-			break
-		} else if err != nil {
-			return fmt.Errorf("%w: %v", ErrMismatch, err)
-		}
-		if err := c.add(ph.Pgno, buf); err != nil {
-			return err
-		}
-	}
-	if err := dec.Close(); err != nil {
-		return fmt.Errorf("%w: %v", ErrMismatch, err)
-	}
-	return c.finish(old)
-}
-
-// newPageChecker starts the check of a changeset with header hdr applied
-// to old; its pages go through add, in the changeset's order, then finish.
-// A caller that has decoded the changeset already feeds the pages itself.
-func newPageChecker(hdr ltx.Header, old oldContent) (*pageChecker, error) {
 	if old.pageN > 0 && hdr.PageSize != old.pageSize {
-		return nil, corruptPage(1, "the changeset changes the page size from %d to %d bytes; a page size can only be changed on the primary", old.pageSize, hdr.PageSize)
+		return corruptPage(1, "the changeset changes the page size from %d to %d bytes; a page size can only be changed on the primary", old.pageSize, hdr.PageSize)
 	}
 	if hdr.Commit == 0 {
-		return nil, corruptPage(1, "the changeset leaves the database without pages")
+		return corruptPage(1, "the changeset leaves the database without pages")
 	}
 	c := &pageChecker{
 		pageSize: hdr.PageSize,
@@ -172,63 +142,68 @@ func newPageChecker(hdr ltx.Header, old oldContent) (*pageChecker, error) {
 		written:  make(map[uint32]bool),
 		btrees:   make(map[uint32]string),
 	}
+
+	var oldPage1, page1 []byte
 	if old.pageN > 0 {
-		c.oldPage1 = make([]byte, hdr.PageSize)
-		if err := old.read(1, c.oldPage1); err != nil {
-			return nil, fmt.Errorf("read page 1: %w", err)
+		oldPage1 = make([]byte, hdr.PageSize)
+		if err := old.read(1, oldPage1); err != nil {
+			return fmt.Errorf("read page 1: %w", err)
 		}
 	}
-	return c, nil
-}
-
-// add checks one page the changeset writes; b is not kept.
-func (c *pageChecker) add(pgno uint32, b []byte) error {
-	switch {
-	case pgno <= c.prev:
-		return corruptPage(pgno, "out of order, after page %d", c.prev)
-	case pgno > c.commit:
-		return corruptPage(pgno, "beyond the database's size of %d pages after the changeset", c.commit)
-	case pgno == c.lockPgno:
-		return corruptPage(pgno, "the lock page, which SQLite never writes")
-	}
-	c.prev = pgno
-	c.written[pgno] = true
-	if pgno == 1 {
-		c.page1 = append([]byte(nil), b...)
-	}
-	if c.usable == 0 {
-		p1 := c.page1
-		if p1 == nil {
-			p1 = c.oldPage1
+	buf := make([]byte, hdr.PageSize)
+	var prev uint32
+	for {
+		var ph ltx.PageHeader
+		if err := dec.DecodePage(&ph, buf); errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			return fmt.Errorf("%w: %v", ErrMismatch, err)
 		}
-		if p1 == nil {
-			return corruptPage(1, "the database has no page 1 and the changeset does not write one")
+		pgno := ph.Pgno
+		switch {
+		case pgno <= prev:
+			return corruptPage(pgno, "out of order, after page %d", prev)
+		case pgno > c.commit:
+			return corruptPage(pgno, "beyond the database's size of %d pages after the changeset", c.commit)
+		case pgno == c.lockPgno:
+			return corruptPage(pgno, "the lock page, which SQLite never writes")
 		}
-		if err := c.header(p1, c.oldPage1); err != nil {
-			return err
+		prev = pgno
+		c.written[pgno] = true
+		if pgno == 1 {
+			page1 = append([]byte(nil), buf...)
+		}
+		if c.usable == 0 {
+			p1 := page1
+			if p1 == nil {
+				p1 = oldPage1
+			}
+			if p1 == nil {
+				return corruptPage(1, "the database has no page 1 and the changeset does not write one")
+			}
+			if err := c.header(p1, oldPage1); err != nil {
+				return err
+			}
+		}
+		if pgno != 1 {
+			c.page(pgno, buf)
 		}
 	}
-	if pgno != 1 {
-		c.page(pgno, b)
+	if err := dec.Close(); err != nil {
+		return fmt.Errorf("%w: %v", ErrMismatch, err)
 	}
-	return nil
-}
-
-// finish checks what needs every page: page 1's schema, the roots it
-// names, and the roles of pages that stopped being b-tree pages.
-func (c *pageChecker) finish(old oldContent) error {
 	if c.usable == 0 {
 		// No pages: the size may still change, which page 1 must say.
-		if c.oldPage1 == nil {
+		if oldPage1 == nil {
 			return corruptPage(1, "the database has no page 1 and the changeset does not write one")
 		}
-		if err := c.header(c.oldPage1, c.oldPage1); err != nil {
+		if err := c.header(oldPage1, oldPage1); err != nil {
 			return err
 		}
 	}
-	p1 := c.page1
+	p1 := page1
 	if p1 == nil {
-		p1 = c.oldPage1
+		p1 = oldPage1
 	} else {
 		if why := c.btree(1, p1, sqlite.HeaderSize); why != "" {
 			return corruptPage(1, "the sqlite_schema b-tree: %s", why)

@@ -29,63 +29,21 @@ const ForwardTimeout = 30 * time.Second
 // did not apply the changeset. Any other error leaves the outcome unknown.
 var ErrCommitRefused = errors.New("the primary refused the commit")
 
-// How durable the primary makes a forwarded commit follows what SQLite on
-// this node asked for. A rollback-journal commit says so itself: SQLite
-// fsynced the database file during the transaction, or not
-// (synchronous=OFF). A WAL commit does not: SQLite writes the commit frame
-// (when the store forwards the commit, and must know the outcome before
-// the write returns, for SQLite then shows the commit to readers) and only
-// then, with synchronous=FULL, fsyncs the WAL. So the store predicts it
-// from the previous WAL commit it forwarded: durable if no commit was
-// forwarded yet, or if the WAL was fsynced after the last one. A wrong
-// prediction costs no guarantee: a commit sent as durable that SQLite did
-// not fsync costs the primary an fsync; one sent as not durable that
-// SQLite does fsync makes the fsync wait until the primary has made it
-// durable (Halt.Sync). If that fails, the fsync fails and SQLite rolls the
-// transaction back in its own view while the store and the primary keep
-// it; the lock is given up, and the WAL is folded into the database file
-// before anything else is written (settleDiverged), so every reader then
-// sees the transaction, as after any commit whose outcome is unknown.
-
-// forwardState follows the durability of this node's forwarded WAL
-// commits. Guarded by DB.mu.
-type forwardState struct {
-	last     ltx.TXID // the last WAL commit forwarded, 0 if none yet
-	sent     bool     // the primary was asked to make it durable
-	synced   bool     // SQLite fsynced the WAL after it
-	diverged bool     // a commit SQLite rolled back is in the WAL
-}
-
-// predictSync says whether the next WAL commit is to be made durable on
-// the primary.
-func (f *forwardState) predictSync() bool {
-	return f.last == 0 || f.synced
-}
-
-// Pending is a commit waiting for the primary, or an fsync waiting for the
-// primary to make a commit durable. It travels as the error of the file
-// operation that completed the transaction (or the fsync); the caller
-// must call Wait, and report the operation's success only if Wait
-// returns nil.
+// Pending is a commit waiting for the primary. It travels as the error of
+// the file operation that completed the transaction; the caller must call
+// Wait, and report the operation's success only if Wait returns nil.
 type Pending struct {
-	db       *DB
-	txid     ltx.TXID
-	remote   Halt
-	sync     bool                        // the primary is asked to make the commit durable
-	wal      bool                        // a WAL commit
-	syncOnly bool                        // not a commit: the primary is asked to make txid durable
-	publish  func() error                // makes the commit the position; under db.mu
-	wait     func(context.Context) error // reads the primary's answer to a commit sent at once
-	once     sync.Once
-	done     chan struct{} // closed once resolved
-	err      error
+	db      *DB
+	txid    ltx.TXID
+	remote  Halt
+	publish func() error // makes the commit the position; under db.mu
+	once    sync.Once
+	done    chan struct{} // closed once resolved
+	err     error
 }
 
 // Error describes the commit for callers that treat it as an error.
 func (p *Pending) Error() string {
-	if p.syncOnly {
-		return fmt.Sprintf("commit %s of %s is being made durable on the primary", p.txid, p.db.name)
-	}
 	return fmt.Sprintf("commit %s of %s is waiting for the primary", p.txid, p.db.name)
 }
 
@@ -114,22 +72,13 @@ func (p *Pending) Wait(ctx context.Context) error {
 }
 
 func (p *Pending) resolve(ctx context.Context) error {
-	if p.syncOnly {
-		return p.resolveSync(ctx)
-	}
 	db := p.db
-	var err error
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ForwardTimeout)
-	if p.wait != nil {
-		err = p.wait(ctx)
-	} else {
-		var data []byte
-		data, err = db.readRecord(p.txid)
-		if err == nil {
-			err = p.remote.Commit(ctx, data, p.sync)
-		}
+	data, err := db.readRecord(p.txid)
+	if err == nil {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ForwardTimeout)
+		err = p.remote.Commit(ctx, data)
+		cancel()
 	}
-	cancel()
 	db.mu.Lock()
 	defer db.mu.Unlock()
 	defer func() { db.pending = nil }()
@@ -155,91 +104,6 @@ func (p *Pending) resolve(ctx context.Context) error {
 		}
 		return err
 	}
-	if p.wal {
-		db.fwd.last, db.fwd.sent, db.fwd.synced = p.txid, p.sync, false
-	}
-	return nil
-}
-
-// resolveSync asks the primary to make the commit durable, for an fsync
-// of the WAL that followed it.
-func (p *Pending) resolveSync(ctx context.Context) error {
-	db := p.db
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ForwardTimeout)
-	err := p.remote.Sync(ctx, p.txid)
-	cancel()
-	db.mu.Lock()
-	defer db.mu.Unlock()
-	db.pending = nil
-	if err == nil {
-		return nil
-	}
-	// SQLite rolls the transaction back in its own view when its fsync
-	// fails; the store and the primary keep it. The lock is gone, so
-	// nothing is written until the WAL is folded into the database file.
-	db.fwd.diverged = true
-	db.logger.Error("the primary did not make a commit durable; the fsync fails, and the commit, which the primary applied, shows once the WAL is folded into the database file", "txid", p.txid.String(), "err", err)
-	return fmt.Errorf("fsync %s: commit %s was applied on the primary, which did not confirm it durable: %v: %w", db.name, p.txid, err, syscall.EIO)
-}
-
-// HaltStarter is a Halt that can send a commit at once, on the caller's
-// goroutine and without waiting for the network, leaving the answer to be
-// read later. A commit is then on its way while the file operation that
-// committed it is handed to the goroutine that waits for the answer.
-type HaltStarter interface {
-	// Start sends a commit if it can do so at once (else ok is false and
-	// nothing was sent); wait then reads the answer, as Commit would
-	// return it, and must be called.
-	Start(data []byte, sync bool) (wait func(context.Context) error, ok bool)
-}
-
-// start sends the commit at once, if the Halt can. Caller holds db.mu.
-func (p *Pending) start() {
-	s, ok := p.remote.(HaltStarter)
-	if !ok {
-		return
-	}
-	data, err := p.db.readRecord(p.txid)
-	if err != nil {
-		return // resolve reads it again, and fails
-	}
-	p.wait, _ = s.Start(data, p.sync)
-}
-
-// forwardSyncLocked handles an fsync of the WAL: under the HALT lock, one
-// that follows a commit the primary was not asked to make durable returns
-// a Pending that asks it now. Caller holds db.mu.
-func (db *DB) forwardSyncLocked() error {
-	f := &db.fwd
-	if !db.forwardingLocked() || f.last == 0 || f.last != db.pos.TXID || f.synced || db.pending != nil {
-		return nil
-	}
-	f.synced = true
-	if f.sent {
-		return nil
-	}
-	p := &Pending{db: db, txid: f.last, remote: db.halt.remote, syncOnly: true, done: make(chan struct{})}
-	db.pending = p
-	return p
-}
-
-// settleDiverged folds the WAL into the database file if it holds a
-// commit SQLite rolled back in its own view (see resolveSync), before
-// anything more is written to it: SQLite would write its next transaction
-// over that commit's frames.
-func (db *DB) settleDiverged(ctx context.Context) error {
-	db.mu.Lock()
-	diverged := db.fwd.diverged
-	db.mu.Unlock()
-	if !diverged {
-		return nil
-	}
-	if err := db.settle(ctx, 0); err != nil {
-		return err
-	}
-	db.mu.Lock()
-	db.fwd.diverged = db.unsettledLocked()
-	db.mu.Unlock()
 	return nil
 }
 

@@ -17,44 +17,24 @@ import (
 	"github.com/litefs-project/litefs/ltx"
 )
 
-// fakeHalt is the primary's HALT lock as a replica holds it: Commit and
-// Sync wait until the test answers.
+// fakeHalt is the primary's HALT lock as a replica holds it: Commit waits
+// until the test answers.
 type fakeHalt struct {
 	mu       sync.Mutex
-	sent     chan []byte   // changesets sent, for the test to see
-	answer   chan error    // what the primary answers
-	syncs    chan ltx.TXID // Sync requests, if the test wants them
+	sent     chan []byte // changesets sent, for the test to see
+	answer   chan error  // what the primary answers
 	released bool
 	lost     error
-	durable  []bool // the sync flag of each commit sent
 }
 
 func newFakeHalt() *fakeHalt {
-	return &fakeHalt{sent: make(chan []byte, 1), answer: make(chan error, 1), syncs: make(chan ltx.TXID, 1)}
+	return &fakeHalt{sent: make(chan []byte, 1), answer: make(chan error, 1)}
 }
 
-func (h *fakeHalt) Commit(ctx context.Context, data []byte, sync bool) error {
-	h.mu.Lock()
-	h.durable = append(h.durable, sync)
-	h.mu.Unlock()
+func (h *fakeHalt) Commit(ctx context.Context, data []byte) error {
 	h.sent <- data
 	select {
 	case err := <-h.answer:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-func (h *fakeHalt) Sync(ctx context.Context, txid ltx.TXID) error {
-	h.syncs <- txid
-	select {
-	case err := <-h.answer:
-		if err != nil {
-			h.mu.Lock()
-			h.lost = err
-			h.mu.Unlock()
-		}
 		return err
 	case <-ctx.Done():
 		return ctx.Err()

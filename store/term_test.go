@@ -183,7 +183,7 @@ func TestTermGrantExpires(t *testing.T) {
 		t.Fatalf("grant ended with %v, want an expiry", err)
 	}
 	next, b := f.m.change(t, 4, 3)
-	_, err := f.term.CommitHalted(context.Background(), f.epoch, "db", g.ID, bytes.NewReader(b), int64(len(b)), true)
+	_, err := f.term.CommitHalted(context.Background(), f.epoch, "db", g.ID, bytes.NewReader(b), int64(len(b)))
 	if !errors.Is(err, ErrHaltNotHeld) {
 		t.Fatalf("commit under an expired grant: %v, want ErrHaltNotHeld", err)
 	}
@@ -205,7 +205,7 @@ func TestTermStaleEpoch(t *testing.T) {
 	g := f.grant(true)
 	_, b := f.m.change(t, 4, 3)
 	for _, epoch := range []uint64{f.epoch - 1, f.epoch + 1} {
-		_, err := f.term.CommitHalted(context.Background(), epoch, "db", g.ID, bytes.NewReader(b), int64(len(b)), true)
+		_, err := f.term.CommitHalted(context.Background(), epoch, "db", g.ID, bytes.NewReader(b), int64(len(b)))
 		if !errors.Is(err, ErrStaleEpoch) || !strings.Contains(err.Error(), "epoch 7") || !strings.Contains(err.Error(), "epoch "+itoa(int64(epoch))) {
 			t.Fatalf("commit for epoch %d: %v", epoch, err)
 		}
@@ -227,7 +227,7 @@ func TestTermStaleEpoch(t *testing.T) {
 	}
 	// The holder's own request, for the right term, goes through.
 	next, b := f.m.change(t, 4, 3)
-	pos, err := f.term.CommitHalted(context.Background(), f.epoch, "db", g.ID, bytes.NewReader(b), int64(len(b)), true)
+	pos, err := f.term.CommitHalted(context.Background(), f.epoch, "db", g.ID, bytes.NewReader(b), int64(len(b)))
 	if err != nil || pos != next.pos {
 		t.Fatalf("commit for the term: %s, %v", pos, err)
 	}
@@ -311,7 +311,7 @@ func TestTermEndDuringCommit(t *testing.T) {
 	_, b := f.m.change(t, 4, 3)
 	res := make(chan error, 1)
 	go func() {
-		_, err := f.term.CommitHalted(context.Background(), f.epoch, "db", g.ID, bytes.NewReader(b), int64(len(b)), true)
+		_, err := f.term.CommitHalted(context.Background(), f.epoch, "db", g.ID, bytes.NewReader(b), int64(len(b)))
 		res <- err
 	}()
 	waitFor(t, db.turn.applying.Load) // the commit waits for the reader
