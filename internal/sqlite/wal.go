@@ -70,32 +70,6 @@ func ParseWALHeader(b []byte) (WALHeader, error) {
 	return h, nil
 }
 
-// NewWALHeader returns the header SQLite writes when it starts a WAL:
-// checksums in the byte order bigEndian names, with its checksum set.
-func NewWALHeader(pageSize, checkpointSeq, salt1, salt2 uint32, bigEndian bool) WALHeader {
-	h := WALHeader{Magic: walMagicLE, PageSize: pageSize, CheckpointSeq: checkpointSeq, Salt1: salt1, Salt2: salt2}
-	if bigEndian {
-		h.Magic = walMagicBE
-	}
-	var b [WALHeaderSize]byte
-	h.Encode(b[:])
-	h.Checksum1, h.Checksum2 = WALChecksum(bigEndian, 0, 0, b[:24])
-	return h
-}
-
-// Encode writes the header into b (at least WALHeaderSize bytes) as it is
-// stored in the WAL.
-func (h WALHeader) Encode(b []byte) {
-	binary.BigEndian.PutUint32(b[0:], h.Magic)
-	binary.BigEndian.PutUint32(b[4:], walVersion)
-	binary.BigEndian.PutUint32(b[8:], h.PageSize)
-	binary.BigEndian.PutUint32(b[12:], h.CheckpointSeq)
-	binary.BigEndian.PutUint32(b[16:], h.Salt1)
-	binary.BigEndian.PutUint32(b[20:], h.Salt2)
-	binary.BigEndian.PutUint32(b[24:], h.Checksum1)
-	binary.BigEndian.PutUint32(b[28:], h.Checksum2)
-}
-
 // WALFrameHeader is the 24-byte header preceding each page in the WAL.
 type WALFrameHeader struct {
 	Pgno         uint32
@@ -217,6 +191,7 @@ func ScanWAL(r io.ReaderAt, size int64, fn func(WALTxn) error) (WALScan, error) 
 
 // EncodeWALFrameHeader writes a frame header, computing its checksum from
 // the running checksum (s1, s2). It returns the new running checksum.
+// Used by tests that build WAL files by hand.
 func EncodeWALFrameHeader(b []byte, hdr WALHeader, pgno, commit uint32, s1, s2 uint32, page []byte) (uint32, uint32) {
 	binary.BigEndian.PutUint32(b[0:], pgno)
 	binary.BigEndian.PutUint32(b[4:], commit)

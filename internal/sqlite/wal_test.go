@@ -173,31 +173,6 @@ CREATE TABLE t(x);
 	}
 }
 
-// TestNewWALHeaderMatchesSQLite: the header NewWALHeader builds from the
-// fields of one SQLite wrote is that header, byte for byte.
-func TestNewWALHeaderMatchesSQLite(t *testing.T) {
-	sqlite3CLI(t)
-	dir := t.TempDir()
-	runSQL(t, dir, "db", "PRAGMA journal_mode=WAL;\nCREATE TABLE t(x);\n.shell cp db-wal wal\n")
-	wal := readFile(t, filepath.Join(dir, "wal"))
-	h, err := ParseWALHeader(wal)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := NewWALHeader(h.PageSize, h.CheckpointSeq, h.Salt1, h.Salt2, h.BigEndianChecksum())
-	if got != h {
-		t.Fatalf("NewWALHeader = %+v, SQLite wrote %+v", got, h)
-	}
-	b := make([]byte, WALHeaderSize)
-	got.Encode(b)
-	if !bytes.Equal(b, wal[:WALHeaderSize]) {
-		t.Fatalf("encoded header %x, SQLite wrote %x", b, wal[:WALHeaderSize])
-	}
-	if _, err := ParseWALHeader(b); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // withHeaderChecksum recomputes the header checksum of a modified header so
 // that only the intended field is invalid. It uses the byte order the magic
 // asks for.
