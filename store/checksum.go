@@ -1,11 +1,13 @@
 package store
 
 import (
+	"cmp"
 	"fmt"
 	"hash"
 	"io"
 	"runtime"
 	"sync"
+	"sync/atomic"
 
 	"github.com/litefs-project/litefs/internal/sqlite"
 	"github.com/litefs-project/litefs/ltx"
@@ -76,63 +78,78 @@ type pageReader func(pgno uint32, buf []byte) error
 // must be safe for concurrent use. The work is spread over the CPUs because
 // start-up of a large database is bound by it.
 func checksumPages(pageSize, pageN uint32, read pageReader) (*pageChecksums, error) {
+	return checksumRuns(pageSize, pageN, func(lo, n uint32, b []byte) error {
+		lockPgno := sqlite.LockPgno(pageSize)
+		for j := range n {
+			if pgno := lo + j; pgno != lockPgno {
+				if err := read(pgno, b[j*pageSize:(j+1)*pageSize]); err != nil {
+					return fmt.Errorf("read page %d: %w", pgno, err)
+				}
+			}
+		}
+		return nil
+	})
+}
+
+// checksumFile computes the checksum of every page of a database file of
+// pageN pages, reading 1 MiB at a time.
+func checksumFile(f io.ReaderAt, pageSize, pageN uint32) (*pageChecksums, error) {
+	return checksumRuns(pageSize, pageN, func(lo, n uint32, b []byte) error {
+		if _, err := f.ReadAt(b, int64(lo-1)*int64(pageSize)); err != nil {
+			return fmt.Errorf("read pages %d-%d: %w", lo, lo+n-1, err)
+		}
+		return nil
+	})
+}
+
+// checksumRuns computes the checksum of pages 1..pageN, which readRun puts
+// into b a run of up to 1 MiB of pages at a time (n pages from lo). Runs
+// are spread over the CPUs (one worker below 1024 pages, where starting
+// more costs more than it saves); the first error stops every worker.
+func checksumRuns(pageSize, pageN uint32, readRun func(lo, n uint32, b []byte) error) (*pageChecksums, error) {
 	c := &pageChecksums{pageSize: pageSize, pages: make([]ltx.Checksum, pageN)}
 	if pageN == 0 {
 		return c, nil
 	}
-	lockPgno := sqlite.LockPgno(pageSize)
-	workers := runtime.GOMAXPROCS(0)
-	if workers > 8 {
-		workers = 8
-	}
+	perRun := max(1, uint32(1<<20)/pageSize)
+	runs := (pageN + perRun - 1) / perRun
+	workers := min(runtime.GOMAXPROCS(0), 8, int(runs))
 	if pageN < 1024 {
 		workers = 1
 	}
-	const chunk = 256 // pages per unit of work
+	lockPgno := sqlite.LockPgno(pageSize)
 	var (
+		next  atomic.Uint32
 		wg    sync.WaitGroup
-		mu    sync.Mutex
+		errMu sync.Mutex
 		first error
-		next  = uint32(1)
 	)
-	claim := func() (uint32, uint32, bool) {
-		mu.Lock()
-		defer mu.Unlock()
-		if first != nil || next > pageN {
-			return 0, 0, false
-		}
-		lo := next
-		hi := min(lo+chunk-1, pageN)
-		next = hi + 1
-		return lo, hi, true
-	}
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			buf := make([]byte, pageSize)
+	for range workers {
+		wg.Go(func() {
+			buf := make([]byte, perRun*pageSize)
 			h := ltx.NewHasher()
 			for {
-				lo, hi, ok := claim()
-				if !ok {
+				i := next.Add(1) - 1
+				if i >= runs {
 					return
 				}
-				for pgno := lo; pgno <= hi; pgno++ {
-					if pgno == lockPgno {
-						continue
+				lo := i*perRun + 1
+				n := min(perRun, pageN-lo+1)
+				b := buf[:n*pageSize]
+				if err := readRun(lo, n, b); err != nil {
+					errMu.Lock()
+					first = cmp.Or(first, err)
+					errMu.Unlock()
+					next.Store(runs) // the others stop too
+					return
+				}
+				for j := range n {
+					if pgno := lo + j; pgno != lockPgno {
+						c.pages[pgno-1] = checksumPage(h, pgno, b[j*pageSize:(j+1)*pageSize])
 					}
-					if err := read(pgno, buf); err != nil {
-						mu.Lock()
-						if first == nil {
-							first = fmt.Errorf("read page %d: %w", pgno, err)
-						}
-						mu.Unlock()
-						return
-					}
-					c.pages[pgno-1] = checksumPage(h, pgno, buf)
 				}
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	if first != nil {

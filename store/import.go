@@ -1,7 +1,6 @@
 package store
 
 import (
-	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -9,9 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"runtime"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/litefs-project/litefs/internal/rangelock"
@@ -156,57 +153,6 @@ func prepareImport(f *os.File, path string, pageSize, pageN uint32, validate fun
 		return nil, fmt.Errorf("sync %s: %w", path, syncErr)
 	}
 	return chk, nil
-}
-
-// checksumFile computes the checksum of every page of a database file of
-// pageN pages, reading 1 MiB at a time, spread over the CPUs.
-func checksumFile(f io.ReaderAt, pageSize, pageN uint32) (*pageChecksums, error) {
-	c := &pageChecksums{pageSize: pageSize, pages: make([]ltx.Checksum, pageN)}
-	perChunk := max(1, uint32(1<<20)/pageSize)
-	chunks := (pageN + perChunk - 1) / perChunk
-	workers := min(runtime.GOMAXPROCS(0), 8, int(chunks))
-	lockPgno := sqlite.LockPgno(pageSize)
-	var (
-		next  atomic.Uint32
-		wg    sync.WaitGroup
-		errMu sync.Mutex
-		first error
-	)
-	for range workers {
-		wg.Go(func() {
-			buf := make([]byte, perChunk*pageSize)
-			h := ltx.NewHasher()
-			for {
-				i := next.Add(1) - 1
-				if i >= chunks {
-					return
-				}
-				lo := i*perChunk + 1
-				n := min(perChunk, pageN-lo+1)
-				b := buf[:n*pageSize]
-				if _, err := f.ReadAt(b, int64(lo-1)*int64(pageSize)); err != nil {
-					errMu.Lock()
-					first = cmp.Or(first, fmt.Errorf("read pages %d-%d: %w", lo, lo+n-1, err))
-					errMu.Unlock()
-					next.Store(chunks) // the others stop too
-					return
-				}
-				for j := range n {
-					if pgno := lo + j; pgno != lockPgno {
-						c.pages[pgno-1] = checksumPage(h, pgno, b[j*pageSize:(j+1)*pageSize])
-					}
-				}
-			}
-		})
-	}
-	wg.Wait()
-	if first != nil {
-		return nil, first
-	}
-	for _, sum := range c.pages {
-		c.xor ^= sum
-	}
-	return c, nil
 }
 
 // importHeld makes the file at path, whose page checksums are chk, the
