@@ -95,12 +95,7 @@ func (ca *CA) Issue(t T, name string) (certFile, keyFile string) {
 // certificate issued to name.
 func (ca *CA) ClientTLS(t T, name string) *lhttp.TLS {
 	t.Helper()
-	cert, key := ca.Issue(t, name)
-	tls, err := lhttp.LoadTLS(lhttp.TLSFiles{CertFile: cert, KeyFile: key, CAFile: ca.CAFile})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls
+	return ca.ClientTLSTrusting(t, name, ca)
 }
 
 // ClientTLSTrusting returns a TLS setup that presents a certificate this CA
