@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"context"
 	"database/sql"
 	"encoding/json"
 	"fmt"
@@ -38,9 +39,13 @@ type nodeInfo struct {
 }
 
 func getInfo(n *testutil.Node) (nodeInfo, error) {
-	c := n.Client()
-	c.Timeout = 2 * time.Second
-	resp, err := c.Get(n.URL() + "/info")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, n.URL()+"/info", nil)
+	if err != nil {
+		return nodeInfo{}, err
+	}
+	resp, err := n.Client().Do(req)
 	if err != nil {
 		return nodeInfo{}, err
 	}

@@ -193,6 +193,8 @@ type Node struct {
 	clientTLS *lhttp.TLS // the test's own certificate, with Secure.CA
 
 	mu     sync.Mutex
+	client *http.Client     // built once for the config written last
+	api    *lhttp.APIClient // the same
 	cmd    *exec.Cmd
 	exited chan struct{}
 	t      T
@@ -247,13 +249,27 @@ func (n *Node) Security() *lhttp.Security {
 }
 
 // Client returns an HTTP client for the node's API that presents the
-// test's credentials.
+// test's credentials. It is shared: its connections are reused across the
+// polls of a test rather than left idle on the node, one per call.
 func (n *Node) Client() *http.Client {
-	return &http.Client{Timeout: 5 * time.Second, Transport: n.Security().Client(&http.Transport{})}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.client == nil {
+		n.client = &http.Client{Timeout: 5 * time.Second, Transport: n.Security().Client(&http.Transport{})}
+	}
+	return n.client
 }
 
-// API returns an API client that presents the test's credentials.
-func (n *Node) API() *lhttp.APIClient { return lhttp.NewAPIClient(n.Security()) }
+// API returns an API client that presents the test's credentials, shared
+// like Client's.
+func (n *Node) API() *lhttp.APIClient {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.api == nil {
+		n.api = lhttp.NewAPIClient(n.Security())
+	}
+	return n.api
+}
 
 // httpSettings returns the YAML under http: that Secure asks for.
 func (n *Node) httpSettings(t T) string {
@@ -326,6 +342,9 @@ func (n *Node) WriteConfig(t T, body string) {
 		data += fmt.Sprintf("  retention-monitor-interval: %s\n", d)
 	}
 	cfg := fmt.Sprintf("fuse:\n  dir: %q\n%shttp:\n  addr: %q\n%s%s%s", n.Mnt, data, n.HTTPAddr, n.httpSettings(t), settings, body)
+	n.mu.Lock()
+	n.client, n.api = nil, nil // the credentials may have changed
+	n.mu.Unlock()
 	if err := os.WriteFile(n.CfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
